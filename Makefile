@@ -1,0 +1,49 @@
+# The README's two commands: `make run` (the whole pipeline) and `make test` (the test suite).
+# Each creates or reuses .venv and installs what it needs. On a machine without an NVIDIA GPU the
+# CPU build of torch is installed (never the multi-GB CUDA build).
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH_VERSION   ?= 2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: run test lint bench-fetch dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# torch first, so that installing the project finds it satisfied: a local wheel if pip has one
+# (find-links), else the CUDA build when a GPU is present, else the CPU-only index.
+$(VENV)/.torch: | $(BIN)/python
+	$(BIN)/pip install -q --no-index --no-deps "torch==$(TORCH_VERSION)" 2>/dev/null \
+	  || { if nvidia-smi -L >/dev/null 2>&1; then $(BIN)/pip install -q "torch==$(TORCH_VERSION)"; \
+	       else $(BIN)/pip install -q "torch==$(TORCH_VERSION)" --index-url $(TORCH_CPU_INDEX); fi; }
+	touch $@
+
+$(VENV)/.installed: pyproject.toml $(VENV)/.torch
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $@
+
+run: $(VENV)/.installed
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/gan-pipelines run
+
+test: $(VENV)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench-fetch: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_fetch.py
+
+dev: $(VENV)/.installed
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -w workspace.yaml
+
+clean:
+	rm -rf $(VENV) .dagster_home data .pytest_cache

@@ -1,0 +1,1 @@
+"""gan-pipelines Dagster layer: assets, resources, partitions and Definitions over pipelines/ and ganmodels/."""

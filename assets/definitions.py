@@ -1,0 +1,33 @@
+"""The Dagster code location: every asset, check, resource and job of gan-pipelines."""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+
+from assets.raw_images import raw_images
+from assets.resources import FetchResource, SourcesResource, StorageResource
+
+
+def _storage() -> StorageResource:
+    # Show the environment variable in the UI when the deployment sets one.
+    if os.environ.get("GAN_DATA_ROOT"):
+        return StorageResource(
+            root_url=dg.EnvVar("GAN_DATA_ROOT"),
+            endpoint_url=dg.EnvVar("GAN_S3_ENDPOINT_URL") if os.environ.get("GAN_S3_ENDPOINT_URL") else None,
+        )
+    return StorageResource()
+
+
+ingest_job = dg.define_asset_job(
+    "ingest",
+    selection=dg.AssetSelection.assets(raw_images),
+    description="Fetch new raw images for one class and day.",
+)
+
+defs = dg.Definitions(
+    assets=[raw_images],
+    jobs=[ingest_job],
+    resources={"storage": _storage(), "fetch": FetchResource(), "sources": SourcesResource()},
+)

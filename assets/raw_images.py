@@ -1,0 +1,118 @@
+"""The ``raw_images`` asset: one partition per image class and day, fetched from the configured sources."""
+
+import base64
+import json
+from datetime import date
+from pathlib import Path
+
+import dagster as dg
+from pydantic import Field
+
+from assets.partitions import raw_partitions
+from assets.resources import FetchResource, SourcesResource, StorageResource
+from pipelines.ingest import IngestReport, ingest_partition
+from pipelines.preview import contact_sheet
+from pipelines.sources import SourceUnavailable
+from pipelines.storage import Storage
+
+
+class RawImagesConfig(dg.Config):
+    max_new_per_source: int | None = Field(None, ge=0, description="override every source's per-partition quota")
+    max_failure_rate: float = Field(0.5, ge=0, le=1, description="the failure_rate check fails above this share")
+    preview_count: int = Field(16, ge=0, le=64)
+
+
+def _preview_md(report: IngestReport, storage: Storage, count: int) -> str | None:
+    ok = [r for r in report.rows if r["status"] == "ok"][:count]
+    png = contact_sheet([storage.get_bytes(r["storage_key"]) for r in ok]) if ok else None
+    if png is None:
+        return None
+    return f"![preview](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+@dg.asset(
+    partitions_def=raw_partitions,
+    code_version="1",
+    group_name="ingest",
+    kinds={"python", "parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "failure_rate",
+            asset="raw_images",
+            blocking=True,
+            description="Share of attempted URLs that failed (errors, not policy skips) is below the threshold",
+        )
+    ],
+)
+def raw_images(
+    context: dg.AssetExecutionContext,
+    config: RawImagesConfig,
+    storage: StorageResource,
+    fetch: FetchResource,
+    sources: SourcesResource,
+) -> dg.MaterializeResult:
+    """Images of one class fetched on one day, stored by sha256, with a Parquet manifest row per URL.
+
+    Incremental: URLs and images ingested by other partitions are skipped. Resumable: a killed run
+    picks up where it stopped.
+    """
+    keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
+    class_name, day = keys["class"], date.fromisoformat(keys["date"])
+    store = storage.open()
+    spec = sources.load()
+    srcs = spec.sources(class_name, base_dir=Path(sources.path).resolve().parent)
+    if config.max_new_per_source is not None:
+        srcs = [(s, config.max_new_per_source) for s, _ in srcs]
+    if not srcs:
+        raise dg.Failure(f"no sources configured for class {class_name!r} in {sources.path}")
+    context.log.info(f"{class_name}/{day}: sources {[s.name for s, _ in srcs]}, quotas {[q for _, q in srcs]}")
+
+    fetcher = fetch.fetcher(store)
+    try:
+        report = ingest_partition(
+            store, fetcher, class_name, day, srcs, concurrency=fetch.concurrency, log=context.log.info
+        )
+    except SourceUnavailable as e:
+        raise dg.Failure(description=str(e), allow_retries=False) from e
+    finally:
+        fetcher.close()
+
+    failed = report.failure_rate
+    metadata: dict[str, object] = {
+        "dagster/row_count": len(report.rows),
+        "manifest": dg.MetadataValue.path(store.uri(report.manifest_key)),
+        "manifest_version": report.version,
+        "counts_by_status": dg.MetadataValue.json(report.counts),
+        "this_run_by_status": dg.MetadataValue.json(report.run_counts),
+        "ok_by_source": dg.MetadataValue.json(report.per_source_ok),
+        "ok": report.counts.get("ok", 0),
+        "attempted_this_run": report.attempted,
+        "skipped_seen_urls": report.skipped_seen_urls,
+        "bytes_ok": report.bytes_ok,
+        "images_per_s": round(report.images_per_s, 2),
+        "elapsed_s": round(report.elapsed_s, 2),
+        "failure_rate": round(failed, 4),
+        "user_agent": fetch.user_agent,
+    }
+    preview = _preview_md(report, store, config.preview_count)
+    if preview:
+        metadata["preview"] = dg.MetadataValue.md(preview)
+    reasons = {}
+    for r in report.rows:
+        if r["status"] not in ("ok", "already_seen"):
+            reasons.setdefault(r["status"], r["reason"])
+    check = dg.AssetCheckResult(
+        check_name="failure_rate",
+        passed=failed <= config.max_failure_rate,
+        metadata={
+            "failure_rate": round(failed, 4),
+            "threshold": config.max_failure_rate,
+            "example_reasons": dg.MetadataValue.json(reasons),
+        },
+        description=json.dumps(reasons)[:500] if reasons else None,
+    )
+    return dg.MaterializeResult(
+        metadata=metadata,  # type: ignore[arg-type]
+        data_version=dg.DataVersion(report.version),
+        check_results=[check],
+    )

@@ -1,0 +1,76 @@
+"""Dagster resources wrapping the data library: storage, the HTTP fetcher, and the sources file."""
+
+import dagster as dg
+from pydantic import Field
+
+from assets.settings import default_data_root, default_sources_file
+from pipelines.fetch import Fetcher, FetchSettings
+from pipelines.httpclient import DEFAULT_USER_AGENT, HttpSettings
+from pipelines.sources import SourcesFile, load_sources_file
+from pipelines.storage import Storage, open_storage
+
+
+class StorageResource(dg.ConfigurableResource):
+    """All pipeline data: ``file:///abs/dir`` (default: ./data) or ``s3://bucket/prefix``.
+
+    S3 credentials come from the standard AWS chain (environment, profile, instance role).
+    """
+
+    root_url: str = Field(default_factory=default_data_root)
+    endpoint_url: str | None = Field(None, description="S3-compatible endpoint, e.g. http://minio:9000")
+    region_name: str | None = None
+
+    def open(self) -> Storage:
+        return open_storage(self.root_url, endpoint_url=self.endpoint_url, region_name=self.region_name)
+
+
+class FetchResource(dg.ConfigurableResource):
+    """How politely and how fast to download. Defaults suit public servers."""
+
+    user_agent: str = DEFAULT_USER_AGENT
+    concurrency: int = Field(16, ge=1, description="download threads per partition")
+    per_host_concurrency: int = Field(4, ge=1)
+    per_host_rate: float = Field(10.0, description="requests/second per host; 0 = unlimited")
+    connect_timeout: float = 5.0
+    read_timeout: float = 15.0
+    download_timeout: float = 60.0
+    retries: int = 3
+    backoff_factor: float = 0.5
+    max_retry_after: float = 30.0
+    max_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    min_side: int = 64
+    respect_robots: bool = True
+    respect_x_robots_tag: bool = True
+
+    def fetcher(self, storage: Storage) -> Fetcher:
+        http = HttpSettings(
+            user_agent=self.user_agent,
+            connect_timeout=self.connect_timeout,
+            read_timeout=self.read_timeout,
+            retries=self.retries,
+            backoff_factor=self.backoff_factor,
+            max_retry_after=self.max_retry_after,
+            pool_size=max(self.concurrency, self.per_host_concurrency),
+        )
+        settings = FetchSettings(
+            http=http,
+            download_timeout=self.download_timeout,
+            max_bytes=self.max_bytes,
+            max_pixels=self.max_pixels,
+            min_side=self.min_side,
+            respect_robots=self.respect_robots,
+            respect_x_robots_tag=self.respect_x_robots_tag,
+            per_host_concurrency=self.per_host_concurrency,
+            per_host_rate=self.per_host_rate,
+        )
+        return Fetcher(storage, settings)
+
+
+class SourcesResource(dg.ConfigurableResource):
+    """The YAML file that declares which sources feed each class (config/sources.yaml by default)."""
+
+    path: str = Field(default_factory=default_sources_file)
+
+    def load(self) -> SourcesFile:
+        return load_sources_file(self.path)

@@ -1,0 +1,30 @@
+"""Where things live by default: the project directory, its data root and its config files.
+
+The defaults make a fresh clone work with no environment at all; every one can be overridden by an
+environment variable so a deployment changes nothing in code.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def project_dir() -> Path:
+    """The repository root when running from a checkout (editable install), else the working directory."""
+    if "GAN_PROJECT_DIR" in os.environ:
+        return Path(os.environ["GAN_PROJECT_DIR"]).resolve()
+    here = Path(__file__).resolve().parents[1]
+    return here if (here / "pyproject.toml").is_file() else Path.cwd().resolve()
+
+
+def default_data_root() -> str:
+    return os.environ.get("GAN_DATA_ROOT") or (project_dir() / "data").as_uri()
+
+
+def default_sources_file() -> str:
+    return os.environ.get("GAN_SOURCES_FILE") or str(project_dir() / "config" / "sources.yaml")
+
+
+# First day of the daily partitions; backfills reach back to here.
+PARTITIONS_START = os.environ.get("GAN_PARTITIONS_START", "2026-11-01")

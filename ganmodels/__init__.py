@@ -1,0 +1,1 @@
+"""gan-pipelines models: networks, losses, the training loop and metrics in plain PyTorch (no Dagster)."""

@@ -1,0 +1,1 @@
+"""gan-pipelines data library: sources, fetching, validation, manifests and storage (no Dagster)."""

@@ -1,0 +1,170 @@
+"""Download one URL, validate it as an image, and store it content-addressed: one manifest row out.
+
+Every failure becomes a status and a reason, never an exception, so a run over thousands of URLs
+accounts for each of them. Bytes are streamed with a size cap and a total deadline, so a huge or
+dripping body cannot exhaust memory or stall a worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+import requests
+
+from pipelines.httpclient import HttpSettings, describe_error, make_session
+from pipelines.politeness import HostLimits, RobotsCache, agent_token, opt_out_directives
+from pipelines.storage import Storage, content_key
+from pipelines.validate import ImageRejected, validate_image
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    """What to accept and how hard to push a host. Defaults are polite for public servers."""
+
+    http: HttpSettings = field(default_factory=HttpSettings)
+    download_timeout: float = 60.0
+    max_bytes: int = 25 * 1024 * 1024
+    max_pixels: int = 50_000_000
+    min_side: int = 64
+    respect_robots: bool = True
+    respect_x_robots_tag: bool = True
+    opt_out: frozenset[str] = frozenset({"noai", "noimageai"})
+    per_host_concurrency: int = 4
+    per_host_rate: float = 10.0
+
+
+@dataclass
+class FetchResult:
+    """One attempt at one URL; becomes a manifest row together with the candidate's source fields."""
+
+    url: str
+    status: str
+    reason: str = ""
+    http_status: int | None = None
+    sha256: str | None = None
+    storage_key: str | None = None
+    width: int | None = None
+    height: int | None = None
+    mode: str | None = None
+    format: str | None = None
+    bytes: int | None = None
+    content_type: str | None = None
+    x_robots_tag: str | None = None
+    elapsed_ms: float = 0.0
+    fetched_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+
+class _Failed(Exception):
+    def __init__(self, status: str, reason: str, http_status: int | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.http_status = status, reason, http_status
+
+
+class Fetcher:
+    """Thread-safe: one instance is shared by all download threads of a run."""
+
+    def __init__(self, storage: Storage, settings: FetchSettings | None = None) -> None:
+        self.settings = settings or FetchSettings()
+        self.storage = storage
+        self.session = make_session(self.settings.http)
+        self.timeout = (self.settings.http.connect_timeout, self.settings.http.read_timeout)
+        self.robots = RobotsCache(self.session, self.settings.http.user_agent, self.timeout)
+        self.hosts = HostLimits(self.settings.per_host_concurrency, self.settings.per_host_rate)
+        self.agent = agent_token(self.settings.http.user_agent)
+
+    def close(self) -> None:
+        self.session.close()
+
+    def fetch(self, url: str, known_hashes: frozenset[str] | set[str] = frozenset()) -> FetchResult:
+        """Fetch ``url``; bytes whose sha256 is in ``known_hashes`` are not stored again."""
+        t0 = time.perf_counter()
+        result = FetchResult(url=url, status="ok")
+        try:
+            data = self._download(url, result)
+            result.bytes = len(data)
+            info = validate_image(data, min_side=self.settings.min_side, max_pixels=self.settings.max_pixels)
+            result.width, result.height, result.mode, result.format = info.width, info.height, info.mode, info.format
+            result.sha256 = hashlib.sha256(data).hexdigest()
+            result.storage_key = content_key(result.sha256, info.ext)
+            if result.sha256 not in known_hashes and not self.storage.exists(result.storage_key):
+                self.storage.put_bytes(result.storage_key, data)
+        except _Failed as e:
+            result.status, result.reason = e.status, e.reason
+            result.http_status = e.http_status or result.http_status
+        except ImageRejected as e:
+            result.status, result.reason = e.status, e.reason
+        result.elapsed_ms = (time.perf_counter() - t0) * 1000
+        return result
+
+    def _download(self, url: str, result: FetchResult) -> bytes:
+        parsed = urlparse(url)
+        if parsed.scheme == "file":
+            return self._read_file(Path(unquote(parsed.path)))
+        if parsed.scheme not in ("http", "https"):
+            raise _Failed("http_error", f"unsupported URL scheme {parsed.scheme!r}")
+        host = parsed.hostname or ""
+        if self.settings.respect_robots:
+            try:
+                verdict = self.robots.check(url)
+                delay = self.robots.crawl_delay(url)
+            except requests.RequestException as e:  # only on exotic failures; _load catches the rest
+                raise _Failed(*describe_error(e)) from e
+            if verdict.failed:  # the server, not its rules, said no: a transient http_error
+                raise _Failed("http_error", verdict.reason, verdict.http_status)
+            if not verdict.allowed:
+                raise _Failed("robots_disallowed", verdict.reason)
+            if delay:
+                self.hosts.limiter(host).slow_down(delay)
+        with self.hosts.slot(host):
+            return self._get(url, result)
+
+    def _get(self, url: str, result: FetchResult) -> bytes:
+        s = self.settings
+        try:
+            with self.session.get(url, stream=True, timeout=self.timeout) as resp:
+                result.http_status = resp.status_code
+                result.content_type = resp.headers.get("Content-Type")
+                result.x_robots_tag = resp.headers.get("X-Robots-Tag")
+                if resp.status_code != 200:
+                    raise _Failed("http_error", f"HTTP {resp.status_code} {resp.reason}", resp.status_code)
+                if s.respect_x_robots_tag:
+                    found = opt_out_directives(result.x_robots_tag, self.agent, s.opt_out)
+                    if found:
+                        raise _Failed("opted_out", f"X-Robots-Tag: {', '.join(found)}", 200)
+                declared = resp.headers.get("Content-Length")
+                if declared and declared.isdigit() and int(declared) > s.max_bytes:
+                    raise _Failed(
+                        "too_large", f"Content-Length {int(declared):,} exceeds max_bytes={s.max_bytes:,}", 200
+                    )
+                return self._read_body(resp)
+        except requests.RequestException as e:
+            status, reason = describe_error(e)
+            raise _Failed(status, reason) from e
+
+    def _read_body(self, resp: requests.Response) -> bytes:
+        s = self.settings
+        deadline = time.monotonic() + s.download_timeout
+        chunks: list[bytes] = []
+        total = 0
+        for chunk in resp.iter_content(chunk_size=64 * 1024):
+            total += len(chunk)
+            if total > s.max_bytes:
+                raise _Failed("too_large", f"body exceeds max_bytes={s.max_bytes:,}", 200)
+            if time.monotonic() > deadline:
+                raise _Failed("timeout", f"download took longer than download_timeout={s.download_timeout:g}s", 200)
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _read_file(self, path: Path) -> bytes:
+        try:
+            size = path.stat().st_size
+            if size > self.settings.max_bytes:
+                raise _Failed("too_large", f"file of {size:,} bytes exceeds max_bytes={self.settings.max_bytes:,}")
+            return path.read_bytes()
+        except OSError as e:
+            raise _Failed("http_error", f"cannot read {path}: {e.strerror or e}") from e

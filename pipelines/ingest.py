@@ -1,0 +1,272 @@
+"""Fill one (class, day) partition of raw images: list candidates, fetch concurrently, write the manifest.
+
+Crash safety: attempted rows are flushed to part files every few seconds; a re-run reads them back,
+keeps every decided URL, retries only transient failures, and fetches only what the quota still
+needs. Images are content-addressed, so re-storing one is a no-op. The final manifest is written
+atomically and only then are the part files removed, so a kill at any point loses nothing and
+duplicates nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from datetime import date
+
+from pipelines import manifest as mf
+from pipelines.fetch import Fetcher, FetchResult
+from pipelines.sources.base import Candidate, Source, SourceContext, SourceUnavailable
+from pipelines.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class IngestReport:
+    class_name: str
+    partition_date: str
+    manifest_key: str
+    version: str
+    rows: list[dict]
+    attempted: int = 0
+    counts: dict[str, int] = field(default_factory=dict)  # whole partition, by status
+    run_counts: dict[str, int] = field(default_factory=dict)  # this run's attempts, by status
+    per_source_ok: dict[str, int] = field(default_factory=dict)
+    skipped_seen_urls: int = 0
+    bytes_ok: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        return self.run_counts.get("ok", 0) / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    @property
+    def failure_rate(self) -> float:
+        total = sum(self.counts.values())
+        failed = sum(n for s, n in self.counts.items() if s not in mf.NOT_FAILURES)
+        return failed / total if total else 0.0
+
+
+@dataclass
+class _SourceState:
+    source: Source
+    quota: int
+    it: Iterator[Candidate]
+    ok: int = 0
+    inflight: int = 0
+    failures: int = 0
+    unanswered: int = 0  # downloads that got no HTTP answer at all, before the first one that did
+    answered: bool = False
+    exhausted: bool = False
+
+    def wants_more(self, max_failures: int) -> bool:
+        return not self.exhausted and self.failures < max_failures and self.ok + self.inflight < self.quota
+
+
+class _PartWriter:
+    """Appends rows to numbered Parquet part files, at most every ``every_s`` seconds or ``every_n`` rows."""
+
+    def __init__(self, storage: Storage, prefix: str, every_n: int, every_s: float) -> None:
+        self.storage, self.prefix, self.every_n, self.every_s = storage, prefix, every_n, every_s
+        self.pending: list[dict] = []
+        self.last = time.monotonic()
+        self.seq = 0
+
+    def add(self, row: dict) -> None:
+        self.pending.append(row)
+        if len(self.pending) >= self.every_n or time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.seq += 1
+            key = f"{self.prefix}part-{time.time_ns():020d}-{self.seq:05d}.parquet"
+            mf.write_table(self.storage, key, mf.to_table(self.pending))
+            self.pending = []
+        self.last = time.monotonic()
+
+
+def _prior(storage: Storage, class_name: str, this_key: str, this_parts: str) -> tuple[set[str], set[str]]:
+    """URLs decided and hashes ingested by every other partition of the class (finished or not)."""
+    keys = [k for k in mf.class_manifests(storage, class_name) if k != this_key]
+    keys += [k for k in storage.list(f"raw/_parts/{class_name}/") if not k.startswith(this_parts)]
+    urls: set[str] = set()
+    hashes: set[str] = set()
+    for key in keys:
+        for row in mf.read_table(storage, key, ["url", "status", "http_status", "sha256"]).to_pylist():
+            if not mf.is_transient(row):
+                urls.add(row["url"])
+            if row["status"] == "ok" and row["sha256"]:
+                hashes.add(row["sha256"])
+    return urls, hashes
+
+
+def ingest_partition(
+    storage: Storage,
+    fetcher: Fetcher,
+    class_name: str,
+    partition_date: date,
+    sources: list[tuple[Source, int]],
+    *,
+    concurrency: int = 16,
+    max_failures_per_source: int | None = None,
+    unreachable_after: int = 8,
+    flush_every: int = 200,
+    flush_seconds: float = 5.0,
+    log: Callable[[str], None] = logger.info,
+) -> IngestReport:
+    """Fetch up to each source's quota of new images for the partition and write its manifest.
+
+    Raises :class:`SourceUnavailable` (after saving what was fetched) when a source's listing API
+    cannot be reached, or its first ``unreachable_after`` downloads get no answer at all.
+    """
+    t0 = time.perf_counter()
+    day = partition_date.isoformat()
+    key, parts = mf.manifest_key(class_name, day), mf.parts_prefix(class_name, day)
+    seen_urls, seen_hashes = _prior(storage, class_name, key, parts)
+
+    current: dict[str, dict] = {}
+    previous = ([key] if storage.exists(key) else []) + list(storage.list(parts))
+    for row in mf.read_rows(storage, previous):
+        current[row["url"]] = row
+    for row in current.values():
+        if row["status"] == "ok":
+            seen_hashes.add(row["sha256"])
+    if current:
+        log(f"{class_name}/{day}: resuming with {len(current)} URLs already attempted")
+
+    ctx = SourceContext(fetcher.session, fetcher.timeout, partition_date)
+    states = [_SourceState(src, quota, iter(src.candidates(ctx))) for src, quota in sources]
+    for st in states:
+        st.ok = sum(1 for r in current.values() if r["source"] == st.source.name and r["status"] == "ok")
+    max_failures = max_failures_per_source or max(50, 2 * max((q for _, q in sources), default=0))
+
+    writer = _PartWriter(storage, parts, flush_every, flush_seconds)
+    inflight: dict[Future[FetchResult], tuple[_SourceState, Candidate]] = {}
+    submitted: set[str] = set()
+    run_counts: Counter[str] = Counter()
+    skipped = 0
+    bytes_ok = 0
+    last_log = time.monotonic()
+
+    def next_candidate(st: _SourceState) -> Candidate | None:
+        nonlocal skipped
+        for cand in st.it:
+            prev = current.get(cand.url)
+            if cand.url in submitted or (prev is not None and not mf.is_transient(prev)):
+                continue
+            if cand.url in seen_urls:
+                skipped += 1
+                continue
+            return cand
+        st.exhausted = True
+        return None
+
+    def record(fut: Future[FetchResult]) -> None:
+        nonlocal bytes_ok
+        st, cand = inflight.pop(fut)
+        st.inflight -= 1
+        res = fut.result()
+        if res.status == "ok" and res.sha256 in seen_hashes:
+            res.status, res.reason = "already_seen", f"same bytes (sha256 {res.sha256[:12]}) already ingested"
+        elif res.status == "ok":
+            seen_hashes.add(res.sha256)
+            st.ok += 1
+            bytes_ok += res.bytes or 0
+        row = _row(class_name, day, cand, res)
+        current[cand.url] = row
+        writer.add(row)
+        run_counts[res.status] += 1
+        if res.http_status is not None or res.status not in ("http_error", "timeout"):
+            st.answered = True
+        elif not st.answered:
+            st.unanswered += 1
+            if st.unanswered >= unreachable_after:
+                raise SourceUnavailable(
+                    f"source {st.source.name!r} is unreachable: its first {st.unanswered} downloads got no answer "
+                    f"from the server (last: {cand.url}: {res.reason})"
+                )
+        if res.status not in mf.NOT_FAILURES:
+            st.failures += 1
+            if st.failures == max_failures:
+                log(f"{class_name}/{day}: source {st.source.name!r} stopped after {max_failures} failures")
+
+    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"fetch-{class_name}")
+    try:
+        while True:
+            progressed = True
+            while len(inflight) < 2 * concurrency and progressed:
+                progressed = False
+                for st in states:
+                    if len(inflight) >= 2 * concurrency or not st.wants_more(max_failures):
+                        continue
+                    cand = next_candidate(st)
+                    if cand is None:
+                        continue
+                    submitted.add(cand.url)
+                    st.inflight += 1
+                    inflight[pool.submit(fetcher.fetch, cand.url, seen_hashes)] = (st, cand)
+                    progressed = True
+            if not inflight:
+                break
+            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
+            for fut in done:
+                record(fut)
+            if time.monotonic() - last_log > 10:
+                last_log = time.monotonic()
+                rate = run_counts["ok"] / (time.perf_counter() - t0)
+                log(
+                    f"{class_name}/{day}: {sum(run_counts.values())} attempted, {dict(run_counts)}, {rate:.1f} images/s"
+                )
+    finally:
+        # On an error, keep what finished: those rows are flushed, the rest is retried on resume.
+        pool.shutdown(wait=True, cancel_futures=True)
+        for fut in [f for f in inflight if f.done() and not f.cancelled()]:
+            with contextlib.suppress(SourceUnavailable):
+                record(fut)
+        writer.flush()
+
+    rows = mf.finalize(current.values())
+    mf.write_table(storage, key, mf.to_table(rows))
+    for part in list(storage.list(parts)):
+        storage.delete(part)
+    counts = Counter(r["status"] for r in rows)
+    report = IngestReport(
+        class_name=class_name,
+        partition_date=day,
+        manifest_key=key,
+        version=mf.content_version(rows),
+        rows=rows,
+        attempted=sum(run_counts.values()),
+        counts=dict(counts),
+        run_counts=dict(run_counts),
+        per_source_ok={st.source.name: st.ok for st in states},
+        skipped_seen_urls=skipped,
+        bytes_ok=bytes_ok,
+        elapsed_s=time.perf_counter() - t0,
+    )
+    log(
+        f"{class_name}/{day}: done, {report.attempted} attempted this run, partition {dict(counts)}, "
+        f"{report.images_per_s:.1f} images/s"
+    )
+    return report
+
+
+def _row(class_name: str, day: str, cand: Candidate, res: FetchResult) -> dict:
+    row = asdict(res)
+    row.update(
+        {
+            "class": class_name,
+            "partition_date": day,
+            "source": cand.source,
+            "license": cand.license,
+            "meta": json.dumps(cand.meta, sort_keys=True, default=str),
+        }
+    )
+    return row

@@ -1,0 +1,224 @@
+"""One storage interface over local disk and S3-compatible object stores.
+
+Everything the pipeline persists (raw images, manifests, shards, checkpoints) goes through a
+:class:`Storage` addressed by a root URL, so the same code runs on a laptop (``file://``) and against
+S3 or MinIO (``s3://bucket/prefix``). Keys are always ``/``-separated relative paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Protocol
+from urllib.parse import unquote, urlparse
+
+
+class StorageError(RuntimeError):
+    """Raised when an object cannot be read or written; the message names the object."""
+
+
+class Storage(Protocol):
+    """What every backend offers. Writes are atomic: readers never see a partial object."""
+
+    root_url: str
+
+    def put_bytes(self, key: str, data: bytes) -> None: ...
+    def get_bytes(self, key: str) -> bytes: ...
+    def open_read(self, key: str) -> IO[bytes]: ...
+    def open_write(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str = "") -> Iterator[str]: ...
+    def delete(self, key: str) -> None: ...
+    def uri(self, key: str) -> str: ...
+
+
+def _check_key(key: str) -> str:
+    """Reject keys that would escape the root or are ambiguous."""
+    parts = key.split("/")
+    if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts):
+        raise ValueError(f"invalid storage key {key!r}: use a relative path without '.', '..' or '//'")
+    return key
+
+
+def content_key(sha256: str, ext: str, prefix: str = "raw/images") -> str:
+    """Content address of a blob: the same bytes always land on the same key, whatever their URL."""
+    return f"{prefix}/{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext}"
+
+
+class LocalStorage:
+    """A directory tree. Atomic writes by temp file in the same directory + ``os.replace``."""
+
+    def __init__(self, root: str | Path, *, fsync: bool = True) -> None:
+        self.root = Path(root).resolve()
+        self.root_url = self.root.as_uri()
+        self.fsync = fsync
+
+    def _path(self, key: str) -> Path:
+        return self.root / _check_key(key)
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self.open_write(key) as f:
+            f.write(data)
+
+    def get_bytes(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as e:
+            raise StorageError(f"no object {self.uri(key)}") from e
+
+    def open_read(self, key: str) -> IO[bytes]:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError as e:
+            raise StorageError(f"no object {self.uri(key)}") from e
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                yield f
+                f.flush()
+                if self.fsync:
+                    os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        """Keys under ``prefix`` (a key prefix, not only a directory), sorted, temp files excluded."""
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not base.is_dir():
+            return
+        keys = []
+        for dirpath, _, files in os.walk(base):
+            for name in files:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    continue
+                key = Path(dirpath, name).relative_to(self.root).as_posix()
+                if key.startswith(prefix):
+                    keys.append(key)
+        yield from sorted(keys)
+
+    def delete(self, key: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self._path(key).unlink()
+
+    def uri(self, key: str) -> str:
+        return self._path(key).as_uri()
+
+    def local_path(self, key: str) -> Path:
+        """The file behind a key, for libraries that want a path (PIL, ffmpeg)."""
+        return self._path(key)
+
+
+class S3Storage:
+    """A bucket and prefix on S3 or any S3-compatible store (MinIO, Ceph, R2).
+
+    Credentials come from boto3's standard chain (env, profile, instance role), never from here.
+    Large objects go up as multipart uploads; S3 only makes an object visible once the upload
+    completes, which gives the same atomicity as the local rename.
+    """
+
+    def __init__(
+        self,
+        bucket: str,
+        prefix: str = "",
+        *,
+        endpoint_url: str | None = None,
+        region_name: str | None = None,
+        multipart_threshold: int = 16 * 1024 * 1024,
+        max_pool_connections: int = 32,
+    ) -> None:
+        import boto3
+        from boto3.s3.transfer import TransferConfig
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.root_url = f"s3://{bucket}/{self.prefix}".rstrip("/")
+        self.client = boto3.client(
+            "s3",
+            endpoint_url=endpoint_url,
+            region_name=region_name,
+            config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=max_pool_connections),
+        )
+        self.transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=multipart_threshold)
+
+    def _key(self, key: str) -> str:
+        _check_key(key)
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.upload_fileobj(io.BytesIO(data), self.bucket, self._key(key), Config=self.transfer)
+
+    def get_bytes(self, key: str) -> bytes:
+        with self.open_read(key) as body:
+            return body.read()
+
+    def open_read(self, key: str) -> IO[bytes]:
+        from botocore.exceptions import ClientError
+
+        try:
+            return self.client.get_object(Bucket=self.bucket, Key=self._key(key))["Body"]
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                raise StorageError(f"no object {self.uri(key)}") from e
+            raise StorageError(f"cannot read {self.uri(key)}: {e}") from e
+
+    @contextlib.contextmanager
+    def open_write(self, key: str) -> Iterator[IO[bytes]]:
+        # Spool to memory, then disk past 64 MiB; upload only when the writer finished without error.
+        with tempfile.SpooledTemporaryFile(max_size=64 * 1024 * 1024) as spool:
+            yield spool  # type: ignore[misc]
+            spool.seek(0)
+            self.client.upload_fileobj(spool, self.bucket, self._key(key), Config=self.transfer)
+
+    def exists(self, key: str) -> bool:
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def list(self, prefix: str = "") -> Iterator[str]:
+        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            for obj in page.get("Contents", []):
+                yield obj["Key"][strip:]
+
+    def delete(self, key: str) -> None:
+        self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def uri(self, key: str) -> str:
+        return f"s3://{self.bucket}/{self._key(key)}"
+
+
+def open_storage(root_url: str, *, endpoint_url: str | None = None, region_name: str | None = None) -> Storage:
+    """Storage for a root URL: ``file:///abs/dir``, a plain path, or ``s3://bucket/prefix``."""
+    parsed = urlparse(root_url)
+    if parsed.scheme == "s3":
+        if not parsed.netloc:
+            raise ValueError(f"{root_url!r}: an S3 root needs a bucket, e.g. s3://my-bucket/gan-data")
+        return S3Storage(parsed.netloc, parsed.path, endpoint_url=endpoint_url, region_name=region_name)
+    if parsed.scheme == "file":
+        return LocalStorage(unquote(parsed.path))
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
+        return LocalStorage(root_url)
+    raise ValueError(f"unsupported storage root {root_url!r}: use file://... or s3://bucket/prefix")

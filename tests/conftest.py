@@ -1,0 +1,85 @@
+"""Shared pytest fixtures."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fakeweb import FakeWeb, free_port
+
+# ==================================================================================================
+# fakeweb + moto_s3 fixtures: loopback HTTP servers standing in for the internet and for S3.
+# (Other fixtures go below this block.)
+# ==================================================================================================
+
+_MOTO_START_TIMEOUT = 10.0
+
+
+@pytest.fixture
+def fakeweb() -> Iterator[FakeWeb]:
+    """A fresh FakeWeb per test, so latency/fault settings and request logs never leak between tests."""
+    with FakeWeb() as fw:
+        yield fw
+
+
+_NO_PROXY_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never via a proxy
+
+
+def _answers(url: str) -> bool:
+    try:
+        with _NO_PROXY_OPENER.open(url, timeout=1):
+            return True
+    except urllib.error.HTTPError:
+        return True  # any HTTP answer means the server is up
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Endpoint URL of a real ``moto_server`` process: S3 over real HTTP, as boto3 talks to it in production.
+
+    Session scope because the server takes a second or two to start; tests use unique bucket names.
+    """
+    exe = Path(sys.executable).parent / ("moto_server.exe" if os.name == "nt" else "moto_server")
+    if not exe.exists():
+        pytest.skip(f"moto_server not installed next to {sys.executable} (pip install 'moto[server]')")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    log_path = tmp_path_factory.mktemp("moto") / "moto_server.log"
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN"):
+            mp.setenv(k, "testing")
+        mp.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        mp.delenv("AWS_PROFILE", raising=False)
+        with open(log_path, "wb") as log:  # a file, not a pipe: a full pipe would block the server
+            proc = subprocess.Popen([str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + _MOTO_START_TIMEOUT
+            while not _answers(endpoint):
+                if proc.poll() is not None:
+                    pytest.fail(f"moto_server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"moto_server did not answer on {endpoint} within {_MOTO_START_TIMEOUT:g} s")
+                time.sleep(0.1)
+            yield endpoint
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+# ==================================================================================================
+# end of fakeweb + moto_s3 fixtures; add other fixtures below
+# ==================================================================================================
