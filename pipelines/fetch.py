@@ -15,8 +15,9 @@ from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import requests
+import urllib3
 
-from pipelines.httpclient import HttpSettings, describe_error, make_session
+from pipelines.httpclient import HttpSettings, RetryAfterTooLong, describe_error, error_chain, make_session
 from pipelines.politeness import HostLimits, RobotsCache, agent_token, opt_out_directives
 from pipelines.storage import Storage, content_key
 from pipelines.validate import ImageRejected, validate_image
@@ -55,14 +56,35 @@ class FetchResult:
     bytes: int | None = None
     content_type: str | None = None
     x_robots_tag: str | None = None
+    retryable: bool = False  # a failure that may well succeed later (timeouts, 429, 5xx, network)
     elapsed_ms: float = 0.0
     fetched_at: datetime = field(default_factory=lambda: datetime.now(UTC))
 
 
+# HTTP answers that say something about that moment, not about the URL: worth another try later.
+TRANSIENT_HTTP = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
 class _Failed(Exception):
-    def __init__(self, status: str, reason: str, http_status: int | None = None) -> None:
+    """A failed attempt. ``retryable`` defaults to: a timeout, no HTTP answer at all, or a transient status."""
+
+    def __init__(
+        self, status: str, reason: str, http_status: int | None = None, *, retryable: bool | None = None
+    ) -> None:
         super().__init__(reason)
         self.status, self.reason, self.http_status = status, reason, http_status
+        if retryable is None:
+            retryable = status == "timeout" or (
+                status == "http_error" and (http_status is None or http_status in TRANSIENT_HTTP)
+            )
+        self.retryable = retryable
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> _Failed:
+        """A network failure: transient unless it is a redirect loop."""
+        status, reason = describe_error(exc)
+        http_status = 429 if any(isinstance(e, RetryAfterTooLong) for e in error_chain(exc)) else None
+        return cls(status, reason, http_status, retryable=not reason.startswith("redirect loop"))
 
 
 class Fetcher:
@@ -94,7 +116,7 @@ class Fetcher:
             if result.sha256 not in known_hashes and not self.storage.exists(result.storage_key):
                 self.storage.put_bytes(result.storage_key, data)
         except _Failed as e:
-            result.status, result.reason = e.status, e.reason
+            result.status, result.reason, result.retryable = e.status, e.reason, e.retryable
             result.http_status = e.http_status or result.http_status
         except ImageRejected as e:
             result.status, result.reason = e.status, e.reason
@@ -113,9 +135,9 @@ class Fetcher:
                 verdict = self.robots.check(url)
                 delay = self.robots.crawl_delay(url)
             except requests.RequestException as e:  # only on exotic failures; _load catches the rest
-                raise _Failed(*describe_error(e)) from e
+                raise _Failed.from_exception(e) from e
             if verdict.failed:  # the server, not its rules, said no: a transient http_error
-                raise _Failed("http_error", verdict.reason, verdict.http_status)
+                raise _Failed("http_error", verdict.reason, verdict.http_status, retryable=True)
             if not verdict.allowed:
                 raise _Failed("robots_disallowed", verdict.reason)
             if delay:
@@ -143,15 +165,25 @@ class Fetcher:
                     )
                 return self._read_body(resp)
         except requests.RequestException as e:
-            status, reason = describe_error(e)
-            raise _Failed(status, reason) from e
+            raise _Failed.from_exception(e) from e
 
     def _read_body(self, resp: requests.Response) -> bytes:
+        """The body, checking size and the total deadline after every network read.
+
+        ``read1`` returns whatever arrived, so a server that drips bytes just under the read timeout
+        is cut off at ``download_timeout`` (overshooting by at most one read timeout).
+        """
         s = self.settings
         deadline = time.monotonic() + s.download_timeout
         chunks: list[bytes] = []
         total = 0
-        for chunk in resp.iter_content(chunk_size=64 * 1024):
+        while True:
+            try:
+                chunk = resp.raw.read1(64 * 1024, decode_content=True)
+            except (urllib3.exceptions.HTTPError, OSError) as e:
+                raise _Failed.from_exception(e) from e
+            if not chunk:
+                break
             total += len(chunk)
             if total > s.max_bytes:
                 raise _Failed("too_large", f"body exceeds max_bytes={s.max_bytes:,}", 200)

@@ -34,8 +34,12 @@ class HttpSettings:
     pool_size: int = 64
 
 
-class RetryAfterTooLong(urllib3.exceptions.HTTPError):
-    """The server asked us to wait longer than ``max_retry_after``."""
+class RetryAfterTooLong(requests.exceptions.RetryError):
+    """The server asked us to wait longer than ``max_retry_after``.
+
+    A ``requests`` exception (requests wraps it in a ConnectionError), so every caller that handles
+    request failures handles this one too.
+    """
 
     def __init__(self, seconds: float, limit: float) -> None:
         super().__init__(f"Retry-After {seconds:g}s exceeds max_retry_after={limit:g}s")
@@ -87,8 +91,8 @@ def make_session(settings: HttpSettings) -> requests.Session:
     return session
 
 
-def describe_error(exc: BaseException) -> tuple[str, str]:
-    """Map a requests/urllib3 exception to a manifest (status, reason) pair a person can act on."""
+def error_chain(exc: BaseException) -> list[BaseException]:
+    """``exc`` and everything behind it (causes, contexts, urllib3 reasons): requests wraps deeply."""
     chain: list[BaseException] = []
     seen: BaseException | None = exc
     while seen is not None and seen not in chain:
@@ -99,6 +103,12 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
         if nxt is None and isinstance(seen, urllib3.exceptions.MaxRetryError):
             nxt = seen.reason
         seen = nxt
+    return chain
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """Map a requests/urllib3 exception to a manifest (status, reason) pair a person can act on."""
+    chain = error_chain(exc)
     for e in chain:
         if isinstance(e, RetryAfterTooLong):
             return "http_error", f"429 rate limited: {e}"
@@ -110,6 +120,10 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
             return "http_error", f"redirect loop or too many redirects: {e}"
         if isinstance(e, ConnectionRefusedError):
             return "http_error", "connection refused"
+        if isinstance(e, urllib3.exceptions.NewConnectionError):  # a subclass of ConnectTimeoutError
+            if "refused" in str(e).lower():
+                return "http_error", "connection refused"
+            return "http_error", f"cannot connect: {e}"
         if isinstance(e, urllib3.exceptions.ConnectTimeoutError | requests.exceptions.ConnectTimeout):
             return "timeout", "connect timeout"
         if isinstance(e, urllib3.exceptions.ReadTimeoutError | requests.exceptions.ReadTimeout | TimeoutError):

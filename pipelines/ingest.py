@@ -99,7 +99,7 @@ def _prior(storage: Storage, class_name: str, this_key: str, this_parts: str) ->
     urls: set[str] = set()
     hashes: set[str] = set()
     for key in keys:
-        for row in mf.read_table(storage, key, ["url", "status", "http_status", "sha256"]).to_pylist():
+        for row in mf.read_table(storage, key, ["url", "status", "retryable", "sha256"]).to_pylist():
             if not mf.is_transient(row):
                 urls.add(row["url"])
             if row["status"] == "ok" and row["sha256"]:

@@ -30,8 +30,6 @@ STATUSES = (
     "robots_disallowed",
     "opted_out",
 )
-# Statuses that say nothing about the URL itself, only about that moment: worth another try later.
-TRANSIENT_HTTP = {None, 408, 425, 429, 500, 502, 503, 504}
 # Outcomes that were not the server's or the image's fault: policy, not failure.
 NOT_FAILURES = {"ok", "already_seen", "robots_disallowed", "opted_out"}
 
@@ -54,6 +52,7 @@ SCHEMA = pa.schema(
         ("content_type", pa.string()),
         ("license", pa.string()),
         ("x_robots_tag", pa.string()),
+        ("retryable", pa.bool_()),  # a failure that may succeed on a later run: it is tried again
         ("meta", pa.string()),  # JSON of per-source fields: breed, author, attribution, z/x/y, ...
         ("fetched_at", pa.timestamp("ms", tz="UTC")),
         ("elapsed_ms", pa.float32()),
@@ -64,7 +63,7 @@ COLUMNS = SCHEMA.names
 
 def is_transient(row: dict) -> bool:
     """True when a failed attempt may well succeed if tried again (timeouts, 429, 5xx, network)."""
-    return row["status"] == "timeout" or (row["status"] == "http_error" and row.get("http_status") in TRANSIENT_HTTP)
+    return bool(row.get("retryable"))
 
 
 def manifest_key(class_name: str, date: str) -> str:

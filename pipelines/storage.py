@@ -44,6 +44,13 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _check_prefix(prefix: str) -> str:
+    """A listing prefix is a key, or the start of one: it may end with '/' (a folder) or be empty."""
+    if prefix:
+        _check_key(prefix.removesuffix("/") or ".")
+    return prefix
+
+
 def content_key(sha256: str, ext: str, prefix: str = "raw/images") -> str:
     """Content address of a blob: the same bytes always land on the same key, whatever their URL."""
     return f"{prefix}/{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext}"
@@ -98,7 +105,7 @@ class LocalStorage:
 
     def list(self, prefix: str = "") -> Iterator[str]:
         """Keys under ``prefix`` (a key prefix, not only a directory), sorted, temp files excluded."""
-        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        base = self.root / _check_prefix(prefix).rsplit("/", 1)[0] if "/" in prefix else self.root
         if not base.is_dir():
             return
         keys = []
@@ -197,7 +204,7 @@ class S3Storage:
             raise
 
     def list(self, prefix: str = "") -> Iterator[str]:
-        full = self._key(prefix) if prefix else (f"{self.prefix}/" if self.prefix else "")
+        full = f"{self.prefix}/{_check_prefix(prefix)}" if self.prefix else _check_prefix(prefix)
         strip = len(self.prefix) + 1 if self.prefix else 0
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
             for obj in page.get("Contents", []):

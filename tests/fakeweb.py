@@ -19,6 +19,7 @@ import json
 import math
 import random
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -212,6 +213,11 @@ class _Server(ThreadingHTTPServer):
     block_on_close = False  # stop() must not wait for idle keep-alive connections
     request_queue_size = 256  # 64+ clients connecting at once must not overflow the listen backlog
     fakeweb: FakeWeb
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients that hang up (timeouts, size caps, fault routes) are expected, not worth a traceback."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
 
 class _Handler(BaseHTTPRequestHandler):

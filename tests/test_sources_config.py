@@ -42,7 +42,9 @@ def test_bad_sources_file_names_the_problem(tmp_path, text, message):
 def test_null_class_key_and_relative_paths(tmp_path):
     (tmp_path / "imgs").mkdir()
     f = tmp_path / "s.yaml"
-    f.write_text("max_new_per_source: 7\nclasses:\n  null:\n    - {name: here, kind: local_dir, path: imgs, max_new: 3}\n")
+    f.write_text(
+        "max_new_per_source: 7\nclasses:\n  null:\n    - {name: here, kind: local_dir, path: imgs, max_new: 3}\n"
+    )
     spec = load_sources_file(f)
     [(src, quota)] = spec.sources("null", base_dir=tmp_path)
     assert quota == 3 and Path(src.path) == tmp_path / "imgs"
