@@ -28,7 +28,6 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	touch $@
 
 run: $(VENV)/.installed
-	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/gan-pipelines run
 
 test: $(VENV)/.installed
@@ -42,8 +41,7 @@ bench-fetch: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_fetch.py
 
 dev: $(VENV)/.installed
-	@mkdir -p $(DAGSTER_HOME)
-	$(BIN)/dagster dev -w workspace.yaml
+	$(BIN)/gan-pipelines dev
 
 clean:
 	rm -rf $(VENV) .dagster_home data .pytest_cache

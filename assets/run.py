@@ -1,17 +1,19 @@
 """``gan-pipelines run``: materialise every asset, in dependency order, for today, on a Dagster instance.
 
 This is the README's one command for the whole pipeline. Runs are recorded in the instance at
-``$DAGSTER_HOME`` (a project-local SQLite instance by default), so ``dagster dev`` shows them after.
+``$DAGSTER_HOME`` (a project-local SQLite instance by default), so ``gan-pipelines dev`` (the Dagster
+UI on the same instance) shows them after.
 """
 
 import argparse
 import os
+import shutil
 import sys
 from datetime import UTC, datetime
 
 import dagster as dg
 
-from assets.settings import project_dir
+from assets.settings import ensure_dagster_home, project_dir
 
 
 def partition_keys(asset: dg.AssetsDefinition, day: str) -> list[str | None]:
@@ -70,10 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="materialise every asset for one day (default: today, UTC)")
     run.add_argument("--date", default=datetime.now(UTC).date().isoformat())
     run.add_argument("--select", nargs="*", help="only these asset keys")
+    dev = sub.add_parser("dev", help="the Dagster UI and daemon (dagster dev) on the same instance")
+    dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to dagster dev, e.g. -p 3001")
     args = parser.parse_args(argv)
 
-    os.environ.setdefault("DAGSTER_HOME", str(project_dir() / ".dagster_home"))
-    os.makedirs(os.environ["DAGSTER_HOME"], exist_ok=True)
+    ensure_dagster_home()
+    if args.cmd == "dev":
+        workspace = str(project_dir() / "workspace.yaml")
+        dagster = shutil.which("dagster", path=os.path.dirname(sys.executable)) or "dagster"
+        os.execv(dagster, [dagster, "dev", "-w", workspace, *args.dagster_args])
+
     from assets.definitions import defs
 
     with dg.DagsterInstance.get() as instance:

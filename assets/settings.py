@@ -26,5 +26,19 @@ def default_sources_file() -> str:
     return os.environ.get("GAN_SOURCES_FILE") or str(project_dir() / "config" / "sources.yaml")
 
 
+def ensure_dagster_home() -> Path:
+    """``$DAGSTER_HOME`` (default: ``.dagster_home/`` in the project), created with a ``dagster.yaml``.
+
+    An empty dagster.yaml means Dagster's embedded defaults: SQLite run, event and schedule storage
+    in this folder. Writing it spares users Dagster's "no dagster.yaml found" warning on every command.
+    """
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(project_dir() / ".dagster_home")))
+    home.mkdir(parents=True, exist_ok=True)
+    config = home / "dagster.yaml"
+    if not config.exists():
+        config.write_text("# Dagster's embedded defaults: SQLite storage in this folder. See docker/ for Postgres.\n")
+    return home
+
+
 # First day of the daily partitions; backfills reach back to here.
 PARTITIONS_START = os.environ.get("GAN_PARTITIONS_START", "2026-11-01")

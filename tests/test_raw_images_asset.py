@@ -1,0 +1,239 @@
+"""The Dagster layer: ``raw_images`` materialised on a temporary instance against the loopback web.
+
+These run the real asset, resources and check through ``dg.materialize`` (and once through the
+``dagster`` and ``gan-pipelines`` command lines), so what is tested is what a user runs.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from assets.definitions import defs
+from assets.raw_images import raw_images
+from assets.resources import FetchResource, SourcesResource, StorageResource
+from pipelines.manifest import COLUMNS
+from tests.fakeweb import FakeWeb, free_port, make_image_bytes
+
+REPO = Path(__file__).resolve().parents[1]
+DAY = "2026-11-20"
+
+
+def web_sources(fw: FakeWeb, quota: int = 6) -> dict:
+    """A sources file whose every class is served by the loopback web, in the real APIs' formats."""
+    return {
+        "max_new_per_source": quota,
+        "classes": {
+            "dogs": [{"name": "dog_ceo", "kind": "dog_ceo", "base_url": fw.url("/dogceo/api")}],
+            "null": [
+                {"name": "picsum", "kind": "picsum", "base_url": fw.url("/picsum"), "size": 300},
+                {"name": "openverse", "kind": "openverse", "base_url": fw.url("/openverse/v1"), "queries": ["cat"]},
+            ],
+            "satellite": [
+                {
+                    "name": "tiles",
+                    "kind": "xyz_tiles",
+                    "url_template": fw.url("/tiles/{z}/{x}/{y}.jpg"),
+                    "bbox": [-10.0, -10.0, 10.0, 10.0],
+                    "zooms": [7],
+                    "license": "public domain",
+                }
+            ],
+        },
+    }
+
+
+def write_sources(path: Path, spec: dict) -> str:
+    path.write_text(yaml.safe_dump(spec))
+    return str(path)
+
+
+def resources(tmp_path: Path, sources_file: str) -> dict[str, dg.ConfigurableResource]:
+    """Fast, unthrottled settings: the loopback server is one host standing in for many."""
+    return {
+        "storage": StorageResource(root_url=(tmp_path / "data").as_uri()),
+        "fetch": FetchResource(
+            connect_timeout=1, read_timeout=2, retries=1, backoff_factor=0.01, per_host_concurrency=8, per_host_rate=0
+        ),
+        "sources": SourcesResource(path=sources_file),
+    }
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as inst:
+        yield inst
+
+
+def materialise(
+    res: dict, instance: dg.DagsterInstance, class_name: str, config: dict | None = None
+) -> dg.ExecuteInProcessResult:
+    return dg.materialize(
+        [raw_images],
+        partition_key=dg.MultiPartitionKey({"class": class_name, "date": DAY}),
+        instance=instance,
+        resources=res,
+        run_config={"ops": {"raw_images": {"config": config}}} if config else None,
+        raise_on_error=False,
+    )
+
+
+def manifest(tmp_path: Path, class_name: str) -> list[dict]:
+    return pq.read_table(tmp_path / "data" / "raw" / "manifests" / class_name / f"{DAY}.parquet").to_pylist()
+
+
+def test_every_class_materialises_with_metadata_check_and_version(tmp_path, fakeweb, instance):
+    res = resources(tmp_path, write_sources(tmp_path / "s.yaml", web_sources(fakeweb)))
+    for class_name, ok_expected in (("dogs", 6), ("null", 12), ("satellite", 6)):
+        result = materialise(res, instance, class_name)
+        assert result.success, class_name
+        [mat] = result.asset_materializations_for_node("raw_images")
+        md = mat.metadata
+        assert md["ok"].value == ok_expected
+        assert md["counts_by_status"].value == {"ok": ok_expected}
+        assert md["dagster/row_count"].value == ok_expected
+        assert md["preview"].value.startswith("![preview](data:image/png;base64,")
+        assert md["images_per_s"].value > 0
+        assert md["manifest"].value.endswith(f"raw/manifests/{class_name}/{DAY}.parquet")
+        [check] = result.get_asset_check_evaluations()
+        assert check.passed and check.check_name == "failure_rate"
+        rows = manifest(tmp_path, class_name)
+        assert len(rows) == ok_expected and set(rows[0]) == set(COLUMNS)
+        assert {r["class"] for r in rows} == {class_name}
+
+    record = instance.get_latest_materialization_event(dg.AssetKey("raw_images"))
+    assert record is not None and record.asset_materialization.tags["dagster/data_version"]
+    assert {r["source"] for r in manifest(tmp_path, "null")} == {"picsum", "openverse"}
+
+
+def test_rematerialising_fetches_nothing_and_keeps_the_version(tmp_path, fakeweb, instance):
+    res = resources(tmp_path, write_sources(tmp_path / "s.yaml", web_sources(fakeweb)))
+    first = materialise(res, instance, "dogs")
+    images_before = fakeweb.hits("/dogimg/")
+    second = materialise(res, instance, "dogs")
+    assert first.success and second.success
+    assert fakeweb.hits("/dogimg/") == images_before
+    [m1], [m2] = (r.asset_materializations_for_node("raw_images") for r in (first, second))
+    assert m2.metadata["attempted_this_run"].value == 0
+    assert m1.metadata["manifest_version"] == m2.metadata["manifest_version"]
+    assert m1.tags["dagster/data_version"] == m2.tags["dagster/data_version"]
+
+
+def test_failure_rate_check_fails_on_a_broken_source(tmp_path, fakeweb, instance):
+    urls = tmp_path / "urls.txt"
+    bad = ["/fault/html", "/fault/truncated.jpg", "/fault/status/404", "/fault/empty", "/fault/bomb.png"]
+    urls.write_text("\n".join(fakeweb.url(p) for p in [*bad, "/img/good.jpg"]))
+    spec = {"classes": {"dogs": [{"name": "mirror", "kind": "url_list", "path": str(urls)}]}}
+    res = resources(tmp_path, write_sources(tmp_path / "s.yaml", spec))
+    result = materialise(res, instance, "dogs", {"max_failure_rate": 0.5})
+    [mat] = result.asset_materializations_for_node("raw_images")  # the manifest is kept for inspection
+    assert mat.metadata["failure_rate"].value == pytest.approx(5 / 6, abs=1e-3)
+    [check] = result.get_asset_check_evaluations()
+    assert not check.passed
+    assert set(check.metadata["example_reasons"].value) == {"not_an_image", "truncated", "http_error", "too_large"}
+    assert not result.success  # blocking: nothing downstream would run on this partition
+
+
+@pytest.mark.parametrize("host", ["refused", "nohost.invalid"])
+def test_unreachable_source_fails_fast_naming_it(tmp_path, instance, host):
+    base = f"http://127.0.0.1:{free_port()}/api" if host == "refused" else f"http://{host}/api"
+    spec = {"classes": {"dogs": [{"name": "dog_ceo", "kind": "dog_ceo", "base_url": base}]}}
+    res = resources(tmp_path, write_sources(tmp_path / "s.yaml", spec))
+    t0 = time.monotonic()
+    result = materialise(res, instance, "dogs")
+    assert time.monotonic() - t0 < 20
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "source 'dog_ceo'" in message
+    if host != "refused":
+        assert "offline" in message.lower()
+
+
+def test_definitions_load_and_name_every_asset():
+    defs.validate_loadable(defs)
+    graph = defs.resolve_asset_graph()
+    assert dg.AssetKey("raw_images") in graph.get_all_asset_keys()
+    assert set(defs.resources or {}) == {"storage", "fetch", "sources"}
+
+
+def _env(tmp_path: Path, sources_file: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DAGSTER_", "GAN_"))}
+    env.update(
+        DAGSTER_HOME=str(tmp_path / "home"),
+        GAN_DATA_ROOT=(tmp_path / "data").as_uri(),
+        GAN_SOURCES_FILE=sources_file,
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    (tmp_path / "home").mkdir(exist_ok=True)
+    return env
+
+
+@pytest.mark.slow
+def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
+    """workspace.yaml loads, ``dagster asset materialize`` works from the repo root, and so does the README's
+    ``gan-pipelines run`` (every asset, every class), on an air-gapped sources file."""
+    for class_name in ("dogs", "null", "satellite"):
+        folder = tmp_path / "images" / class_name
+        folder.mkdir(parents=True)
+        for i in range(3):
+            (folder / f"{i}.jpg").write_bytes(make_image_bytes(f"cli/{class_name}/{i}", (96, 80)))
+    spec = {
+        "classes": {
+            c: [{"name": f"local_{c}", "kind": "local_dir", "path": f"images/{c}"}]
+            for c in ("dogs", "null", "satellite")
+        }
+    }
+    env = _env(tmp_path, write_sources(tmp_path / "s.yaml", spec))
+    bindir = Path(sys.executable).parent
+
+    validate = [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"]
+    proc = subprocess.run(validate, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0 and "passed validation" in proc.stderr + proc.stdout, proc.stderr[-3000:]
+
+    cli = [str(bindir / "dagster"), "asset", "materialize", "-m", "assets.definitions", "--select", "raw_images"]
+    proc = subprocess.run(
+        [*cli, "--partition", f"dogs|{DAY}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert len(manifest(tmp_path, "dogs")) == 3
+
+    proc = subprocess.run(
+        [str(bindir / "gan-pipelines"), "run", "--date", DAY],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pipeline finished" in proc.stdout
+    for class_name in ("dogs", "null", "satellite"):
+        rows = manifest(tmp_path, class_name)
+        assert [r["status"] for r in rows] == ["ok"] * 3
+    with dg.DagsterInstance.from_config(str(tmp_path / "home")) as inst:  # runs recorded in the SQLite instance
+        runs = inst.get_runs()
+        assert len(runs) == 4 and all(r.is_success for r in runs)
+
+
+def test_preview_image_is_a_real_png(tmp_path, fakeweb, instance):
+    import base64
+
+    from PIL import Image
+
+    res = resources(tmp_path, write_sources(tmp_path / "s.yaml", web_sources(fakeweb, quota=3)))
+    [mat] = materialise(res, instance, "satellite").asset_materializations_for_node("raw_images")
+    b64 = mat.metadata["preview"].value.split("base64,", 1)[1].rstrip(")")
+    img = Image.open(io.BytesIO(base64.b64decode(b64)))
+    assert img.format == "PNG" and img.width > 3 * 90
