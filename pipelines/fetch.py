@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from urllib.parse import unquote, urlparse
+from urllib.parse import unquote, urljoin, urlparse
 
 import requests
 import urllib3
@@ -83,8 +83,29 @@ class _Failed(Exception):
     def from_exception(cls, exc: BaseException) -> _Failed:
         """A network failure: transient unless it is a redirect loop."""
         status, reason = describe_error(exc)
-        http_status = 429 if any(isinstance(e, RetryAfterTooLong) for e in error_chain(exc)) else None
+        too_long = [e for e in error_chain(exc) if isinstance(e, RetryAfterTooLong)]
+        http_status = too_long[0].status if too_long else None
         return cls(status, reason, http_status, retryable=not reason.startswith("redirect loop"))
+
+
+class _Redirect(Exception):
+    """A 3xx with a Location. Followed by the fetcher, so each hop passes robots.txt and the host limits."""
+
+    def __init__(self, location: str) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+def _http_host(url: str) -> str:
+    """The host of a well-formed http(s) URL; anything else is a permanent failure, not worth a retry."""
+    try:
+        parsed = urlparse(url)
+        if parsed.scheme in ("http", "https"):
+            requests.PreparedRequest().prepare_url(url, None)  # reject now what requests would reject later
+            return parsed.hostname or ""
+    except (ValueError, requests.RequestException) as e:
+        raise _Failed("http_error", f"invalid URL: {e}", retryable=False) from e
+    raise _Failed("http_error", f"unsupported URL scheme {parsed.scheme!r}", retryable=False)
 
 
 class Fetcher:
@@ -124,34 +145,45 @@ class Fetcher:
         return result
 
     def _download(self, url: str, result: FetchResult) -> bytes:
-        parsed = urlparse(url)
-        if parsed.scheme == "file":
-            return self._read_file(Path(unquote(parsed.path)))
-        if parsed.scheme not in ("http", "https"):
-            raise _Failed("http_error", f"unsupported URL scheme {parsed.scheme!r}")
-        host = parsed.hostname or ""
-        if self.settings.respect_robots:
+        if url[:5].lower() == "file:":  # only as given: a redirect never reaches the local disk
+            return self._read_file(Path(unquote(urlparse(url).path)))
+        redirects = self.settings.http.max_redirects
+        for _ in range(redirects + 1):
+            host = _http_host(url)
+            if self.settings.respect_robots:
+                self._check_robots(url, host)
             try:
-                verdict = self.robots.check(url)
-                delay = self.robots.crawl_delay(url)
-            except requests.RequestException as e:  # only on exotic failures; _load catches the rest
-                raise _Failed.from_exception(e) from e
-            if verdict.failed:  # the server, not its rules, said no: a transient http_error
-                raise _Failed("http_error", verdict.reason, verdict.http_status, retryable=True)
-            if not verdict.allowed:
-                raise _Failed("robots_disallowed", verdict.reason)
-            if delay:
-                self.hosts.limiter(host).slow_down(delay)
-        with self.hosts.slot(host):
-            return self._get(url, result)
+                with self.hosts.slot(host):
+                    return self._get(url, result)
+            except _Redirect as r:
+                url = r.location
+        raise _Failed(
+            "http_error", f"redirect loop or more than {redirects} redirects", result.http_status, retryable=False
+        )
+
+    def _check_robots(self, url: str, host: str) -> None:
+        try:
+            verdict = self.robots.check(url)
+            delay = self.robots.crawl_delay(url)
+        except requests.RequestException as e:  # only on exotic failures; _load catches the rest
+            raise _Failed.from_exception(e) from e
+        if verdict.failed:  # the server, not its rules, said no: a transient http_error
+            raise _Failed("http_error", verdict.reason, verdict.http_status, retryable=True)
+        if not verdict.allowed:
+            raise _Failed("robots_disallowed", verdict.reason)
+        if delay:
+            self.hosts.limiter(host).slow_down(delay)
 
     def _get(self, url: str, result: FetchResult) -> bytes:
         s = self.settings
         try:
-            with self.session.get(url, stream=True, timeout=self.timeout) as resp:
+            with self.session.get(url, stream=True, timeout=self.timeout, allow_redirects=False) as resp:
                 result.http_status = resp.status_code
                 result.content_type = resp.headers.get("Content-Type")
                 result.x_robots_tag = resp.headers.get("X-Robots-Tag")
+                location = self.session.get_redirect_target(resp)
+                if location:
+                    raise _Redirect(urljoin(resp.url, location))
                 if resp.status_code != 200:
                     raise _Failed("http_error", f"HTTP {resp.status_code} {resp.reason}", resp.status_code)
                 if s.respect_x_robots_tag:
@@ -198,5 +230,5 @@ class Fetcher:
             if size > self.settings.max_bytes:
                 raise _Failed("too_large", f"file of {size:,} bytes exceeds max_bytes={self.settings.max_bytes:,}")
             return path.read_bytes()
-        except OSError as e:
-            raise _Failed("http_error", f"cannot read {path}: {e.strerror or e}") from e
+        except OSError as e:  # a missing or unreadable local file stays that way: not retryable
+            raise _Failed("http_error", f"cannot read {path}: {e.strerror or e}", retryable=False) from e

@@ -41,9 +41,10 @@ class RetryAfterTooLong(requests.exceptions.RetryError):
     request failures handles this one too.
     """
 
-    def __init__(self, seconds: float, limit: float) -> None:
+    def __init__(self, seconds: float, limit: float, status: int) -> None:
         super().__init__(f"Retry-After {seconds:g}s exceeds max_retry_after={limit:g}s")
         self.seconds = seconds
+        self.status = status  # 429, or a 503 that also says when to come back
 
 
 class PoliteRetry(Retry):
@@ -60,7 +61,7 @@ class PoliteRetry(Retry):
     def sleep_for_retry(self, response: urllib3.BaseHTTPResponse) -> bool:
         after = self.get_retry_after(response)
         if after is not None and after > self.max_retry_after:
-            raise RetryAfterTooLong(after, self.max_retry_after)
+            raise RetryAfterTooLong(after, self.max_retry_after, response.status)
         return super().sleep_for_retry(response)
 
 
@@ -111,7 +112,7 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     chain = error_chain(exc)
     for e in chain:
         if isinstance(e, RetryAfterTooLong):
-            return "http_error", f"429 rate limited: {e}"
+            return "http_error", f"HTTP {e.status}, {e}"
         if isinstance(e, urllib3.exceptions.NameResolutionError | socket.gaierror):
             return "http_error", f"DNS failure: {e}"
         if isinstance(e, requests.exceptions.TooManyRedirects) or (

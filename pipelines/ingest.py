@@ -225,10 +225,12 @@ def ingest_partition(
                     f"{class_name}/{day}: {sum(run_counts.values())} attempted, {dict(run_counts)}, {rate:.1f} images/s"
                 )
     finally:
-        # On an error, keep what finished: those rows are flushed, the rest is retried on resume.
+        # On an error, keep what finished: those rows are flushed, the rest is retried on resume. The error
+        # already propagating is the one to report: the same failure in other downloads (e.g. a full disk)
+        # must neither replace it nor skip the flush.
         pool.shutdown(wait=True, cancel_futures=True)
         for fut in [f for f in inflight if f.done() and not f.cancelled()]:
-            with contextlib.suppress(SourceUnavailable):
+            with contextlib.suppress(Exception):
                 record(fut)
         writer.flush()
 

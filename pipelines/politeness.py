@@ -1,8 +1,9 @@
 """Being a good citizen on other people's servers: robots.txt, X-Robots-Tag opt-outs, per-host limits.
 
 robots.txt is fetched once per origin with our own session (same User-Agent and timeouts) and read
-with the standard library's parser, following RFC 9309: a 4xx means "no rules", a 5xx or an
-unreachable server means "assume everything is disallowed".
+with Protego (Scrapy's parser, which follows RFC 9309: longest match wins, ``*`` and ``$`` in paths;
+the standard library's parser lets the first rule win and ignores wildcards). A 4xx means "no
+rules", a 5xx (or a 429) or an unreachable server means "assume everything is disallowed" for now.
 """
 
 from __future__ import annotations
@@ -13,9 +14,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from urllib.parse import urlparse
-from urllib.robotparser import RobotFileParser
 
 import requests
+from protego import Protego
 
 from pipelines.httpclient import describe_error
 
@@ -63,26 +64,25 @@ class RobotsCache:
         self.session = session
         self.agent = agent_token(user_agent)
         self.timeout = timeout
-        self._rules: dict[str, RobotFileParser | RobotsVerdict] = {}
+        self._rules: dict[str, Protego | RobotsVerdict] = {}
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
 
-    def _load(self, origin: str) -> RobotFileParser | RobotsVerdict:
+    def _load(self, origin: str) -> Protego | RobotsVerdict:
         try:
             resp = self.session.get(f"{origin}/robots.txt", timeout=self.timeout)
         except requests.RequestException as e:
             _, why = describe_error(e)
             return RobotsVerdict(False, f"robots.txt unreachable ({why}); RFC 9309: assume disallowed", failed=True)
-        if resp.status_code >= 500:
+        # A 429 says "slow down", not "there are no rules": treat it like a server error (as Google does).
+        if resp.status_code >= 500 or resp.status_code == 429:
             why = f"robots.txt answered {resp.status_code}; RFC 9309: assume disallowed"
             return RobotsVerdict(False, why, http_status=resp.status_code, failed=True)
         if resp.status_code >= 400:
             return RobotsVerdict(True)
-        parser = RobotFileParser()
-        parser.parse(resp.text.splitlines())
-        return parser
+        return Protego.parse(resp.content.decode("utf-8", "replace"))  # RFC 9309: robots.txt is UTF-8
 
-    def rules(self, url: str) -> RobotFileParser | RobotsVerdict:
+    def rules(self, url: str) -> Protego | RobotsVerdict:
         parsed = urlparse(url)
         origin = f"{parsed.scheme}://{parsed.netloc}"
         with self._guard:
@@ -96,7 +96,7 @@ class RobotsCache:
         rules = self.rules(url)
         if isinstance(rules, RobotsVerdict):
             return rules
-        if rules.can_fetch(self.agent, url):
+        if rules.can_fetch(url, self.agent):
             return RobotsVerdict(True)
         return RobotsVerdict(False, f"robots.txt disallows {urlparse(url).path} for {self.agent}")
 
@@ -104,8 +104,7 @@ class RobotsCache:
         rules = self.rules(url)
         if isinstance(rules, RobotsVerdict):
             return None
-        delay = rules.crawl_delay(self.agent)
-        return float(delay) if delay is not None else None
+        return rules.crawl_delay(self.agent)
 
 
 class RateLimiter:

@@ -63,8 +63,8 @@ def validate_image(data: bytes, *, min_side: int = 64, max_pixels: int = 50_000_
         raise ImageRejected("too_large", f"decompression bomb: {e}") from e
     except UnidentifiedImageError as e:
         raise ImageRejected("not_an_image", f"unrecognised image data (starts with {data[:8]!r})") from e
-    except (OSError, SyntaxError, ValueError) as e:
-        raise ImageRejected("not_an_image", f"cannot parse image header: {e}") from e
+    except Exception as e:  # Pillow's parsers raise OSError, SyntaxError, ValueError, struct.error, IndexError...
+        raise ImageRejected("not_an_image", f"cannot parse image header: {_describe(e)}") from e
     with img:
         width, height = img.size
         fmt = img.format or "unknown"
@@ -72,17 +72,25 @@ def validate_image(data: bytes, *, min_side: int = 64, max_pixels: int = 50_000_
             raise ImageRejected(
                 "too_large", f"{width}x{height} = {width * height / 1e6:.1f} MP exceeds max_pixels={max_pixels:,}"
             )
-        frames = getattr(img, "n_frames", 1)
-        if frames > 1:
-            raise ImageRejected("unsupported", f"animated {fmt} with {frames} frames; only still images are used")
+        if fmt == "MPO":  # a JPEG with more images appended (camera previews, HDR gain maps): the first is the photo
+            fmt = "JPEG"
         try:
-            img.load()
-        except OSError as e:
-            msg = str(e)
+            frames = 1 if fmt == "JPEG" else getattr(img, "n_frames", 1)
+            if frames == 1:
+                img.load()
+        except Image.DecompressionBombError as e:
+            raise ImageRejected("too_large", f"decompression bomb: {e}") from e
+        except Exception as e:  # corrupt data makes Pillow raise almost anything, not only OSError
+            msg = _describe(e)
             status = "truncated" if "truncated" in msg or "broken data stream" in msg else "not_an_image"
             raise ImageRejected(status, f"cannot decode {fmt}: {msg}") from e
-        except (SyntaxError, ValueError) as e:
-            raise ImageRejected("not_an_image", f"cannot decode {fmt}: {e}") from e
+        if frames > 1:
+            raise ImageRejected("unsupported", f"animated {fmt} with {frames} frames; only still images are used")
         if min(width, height) < min_side:
             raise ImageRejected("too_small", f"{width}x{height} is below min_side={min_side}")
         return ImageInfo(width=width, height=height, mode=img.mode, format=fmt)
+
+
+def _describe(e: Exception) -> str:
+    """Pillow's own errors read well alone; others (IndexError, struct.error) need their type to make sense."""
+    return str(e) if isinstance(e, OSError | SyntaxError | ValueError) else f"{type(e).__name__}: {e}"

@@ -40,7 +40,9 @@ __all__ = [
     "animated_gif",
     "bomb_png",
     "free_port",
+    "gzip_bomb",
     "make_image_bytes",
+    "mpo_jpeg",
     "truncated_jpeg",
 ]
 
@@ -149,6 +151,33 @@ def animated_gif() -> bytes:
     buf = io.BytesIO()
     frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
     return buf.getvalue()
+
+
+@lru_cache(maxsize=1)
+def mpo_jpeg() -> bytes:
+    """A JPEG with a second image appended in an MPF segment, as phone cameras write (previews, HDR gain maps).
+
+    Pillow opens it as format MPO with two "frames"; any JPEG decoder shows the first, a still photo.
+    """
+    buf = io.BytesIO()
+    main, extra = _render_rgb("fault/mpo", (256, 256)), _render_rgb("fault/mpo/extra", (128, 128))
+    main.save(buf, format="MPO", save_all=True, append_images=[extra], quality=88)
+    return buf.getvalue()
+
+
+@lru_cache(maxsize=1)
+def gzip_bomb() -> bytes:
+    """``Content-Encoding: gzip`` body of ~50 KB that inflates to 50 MB (a JPEG marker, then zeros).
+
+    Fifty 1 MiB gzip members back to back (valid gzip, and quick to build on first request).
+    """
+
+    def member(data: bytes) -> bytes:
+        c = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: gzip container
+        return c.compress(data) + c.flush()
+
+    mib = 2**20
+    return member(b"\xff\xd8\xff\xe0" + b"\x00" * (mib - 4)) + member(b"\x00" * mib) * (_HUGE_BYTES // mib - 1)
 
 
 def free_port() -> int:
@@ -342,6 +371,7 @@ class FakeWeb:
         self.picsum_count = picsum_count
         self.openverse_per_query = openverse_per_query
         self.requests: list[RequestRecord] = []
+        self.canned: dict[str, _Response] = {}  # exact path -> response, answered before any route (see serve)
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
         self._counters: dict[str, int] = {}
@@ -415,6 +445,11 @@ class FakeWeb:
         """``base_url + path``."""
         return self.base_url + path
 
+    def serve(self, path: str, body: bytes | str, content_type: str = "application/json", status: int = 200) -> None:
+        """Answer ``path`` (exact, any query) with this body from now on: a malformed or changed API."""
+        data = body.encode() if isinstance(body, str) else body
+        self.canned[path] = _Response(status, data, content_type)
+
     def hits(self, path_prefix: str) -> int:
         """How many logged requests have a path (with query) starting with ``path_prefix``."""
         with self._lock:
@@ -459,6 +494,8 @@ class FakeWeb:
     def _route(self, h: _Handler) -> _Response:
         split = urlsplit(h.path)
         path = split.path
+        if path in self.canned:
+            return self.canned[path]
         query = parse_qs(split.query, keep_blank_values=True)
         for prefix, fn in self._routes:
             if path == prefix or path.startswith(prefix):
@@ -708,6 +745,8 @@ class FakeWeb:
             "rgba.png": lambda: _Response(200, make_image_bytes("fault/rgba", size, "PNG", "RGBA"), "image/png"),
             "animated.gif": lambda: _Response(200, animated_gif(), "image/gif"),
             "small.jpg": lambda: _Response(200, make_image_bytes("fault/small", (16, 16)), jpeg),
+            "mpo.jpg": lambda: _Response(200, mpo_jpeg(), jpeg),
+            "gzip-bomb": lambda: _Response(200, gzip_bomb(), jpeg, {"Content-Encoding": "gzip"}),
         }
         if not args and name in static:
             return static[name]()
@@ -715,11 +754,17 @@ class FakeWeb:
         if name == "status" and len(args) == 1 and args[0].isdigit() and 200 <= int(args[0]) <= 599:
             code = int(args[0])
             body = b"" if code in (204, 304) else f"status {code}\n".encode()
-            return _Response(code, body, "text/plain; charset=utf-8")
+            extra = {"Retry-After": q["retry-after"][0]} if "retry-after" in q else {}  # ?retry-after=seconds
+            return _Response(code, body, "text/plain; charset=utf-8", extra)
         if name == "flaky" and len(args) >= 2 and args[0].isdigit():
             if self._count(f"flaky/{key}") <= int(args[0]):
                 return _text("flaky: failing on purpose\n", 500)
             return _Response(200, make_image_bytes(f"fault/flaky/{key}", size), jpeg)
+        if name == "stall" and len(args) >= 3 and args[0].isdigit():
+            # /fault/stall/{n}/{seconds}/{key}: the first n requests stall (a timeout), later ones answer at once.
+            if self._count(f"stall/{key}") <= int(args[0]):
+                time.sleep(float(args[1]))
+            return _Response(200, make_image_bytes(f"fault/stall/{key}", size), jpeg)
         if name == "ratelimit" and len(args) >= 2:
             if self._count(f"ratelimit/{key}") == 1:
                 return _Response(429, b"slow down\n", "text/plain; charset=utf-8", {"Retry-After": args[0]})
@@ -737,12 +782,24 @@ class FakeWeb:
         if name == "xrobots" and len(args) >= 2:
             img = make_image_bytes(f"fault/xrobots/{'/'.join(args[1:])}", size)
             return _Response(200, img, jpeg, {"X-Robots-Tag": args[0]})
+        if name == "cut" and args:
+            self._cut(h, make_image_bytes(f"fault/cut/{key}", size))
         if name == "drop" and not args:
             h.close_connection = True
             with contextlib.suppress(OSError):
                 h.connection.shutdown(socket.SHUT_RDWR)
             raise _Handled
         return _NOT_FOUND
+
+    @staticmethod
+    def _cut(h: _Handler, body: bytes) -> None:
+        """Headers promise the whole body; half of it is sent, then the connection closes."""
+        if h.start_stream(200, "image/jpeg", len(body)):
+            h.write_quietly(body[: len(body) // 2])
+        h.close_connection = True
+        with contextlib.suppress(OSError):
+            h.connection.shutdown(socket.SHUT_RDWR)
+        raise _Handled
 
     @staticmethod
     def _slowbody(h: _Handler, pause: float, body: bytes) -> None:

@@ -74,8 +74,12 @@ def test_spread_order_is_a_permutation_that_jumps():
 
 def test_xyz_candidates_fill_template_and_date(monkeypatch):
     src = XyzTilesSource(
-        name="t", provider=None, url_template="http://127.0.0.1:1/{date}/{z}/{x}/{y}.jpg",
-        bbox=(-10.0, -10.0, 10.0, 10.0), zooms=[3, 4], license="PD",
+        name="t",
+        provider=None,
+        url_template="http://127.0.0.1:1/{date}/{z}/{x}/{y}.jpg",
+        bbox=(-10.0, -10.0, 10.0, 10.0),
+        zooms=[3, 4],
+        license="PD",
     )
     cands = list(src.candidates(_ctx()))
     expected = len(list(mercantile.tiles(-10, -10, 10, 10, zooms=[3, 4])))

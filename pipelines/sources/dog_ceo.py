@@ -29,7 +29,7 @@ class DogCeoSource:
         if not self.breeds:
             return sorted(listing)
         known = {b for b in listing} | {f"{b}/{s}" for b, subs in listing.items() for s in subs}
-        wanted = [b.replace("-", "/") for b in self.breeds]
+        wanted = list(dict.fromkeys(b.replace("-", "/") for b in self.breeds))  # "hound-afghan" == "hound/afghan"
         unknown = [b for b in wanted if b not in known]
         if unknown:
             raise SourceUnavailable(
@@ -45,6 +45,12 @@ class DogCeoSource:
         yield from (u for u in urls if isinstance(u, str))
 
     def candidates(self, ctx: SourceContext) -> Iterator[Candidate]:
-        """Round-robin over breeds so every partition gets a mix, each breed's list fetched lazily."""
+        """Round-robin over breeds so every partition gets a mix, each breed's list fetched lazily.
+
+        Each URL once, even when both a breed and one of its sub-breeds are configured.
+        """
+        seen: set[str] = set()
         for url in interleave([self._images(ctx, b) for b in self._breeds(ctx)]):
-            yield Candidate(url=url, source=self.name, meta={"breed": breed_of(url)})
+            if url not in seen:
+                seen.add(url)
+                yield Candidate(url=url, source=self.name, meta={"breed": breed_of(url)})

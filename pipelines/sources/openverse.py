@@ -34,7 +34,7 @@ class OpenverseSource:
                 raise SourceUnavailable(f"source {self.name!r}: unexpected search page {str(data)[:120]!r}")
             page_count = int(data.get("page_count") or 0)
             for r in data["results"]:
-                if not r.get("url"):
+                if not isinstance(r, dict) or not r.get("url"):
                     continue
                 license_ = " ".join(x for x in (r.get("license"), r.get("license_version")) if x) or None
                 yield Candidate(

@@ -25,13 +25,16 @@ class PicsumSource:
             if not items:
                 return
             for it in items:
-                w, h = int(it["width"]), int(it["height"])
+                try:
+                    pid, w, h = str(it["id"]), int(it["width"]), int(it["height"])
+                except (KeyError, TypeError, ValueError) as e:
+                    raise SourceUnavailable(f"source {self.name!r}: unexpected list item {str(it)[:120]!r}") from e
                 scale = min(1.0, self.size / max(w, h))
                 tw, th = max(1, round(w * scale)), max(1, round(h * scale))
                 yield Candidate(
-                    url=f"{base}/id/{it['id']}/{tw}/{th}",
+                    url=f"{base}/id/{pid}/{tw}/{th}",
                     source=self.name,
                     license="Unsplash License",
-                    meta={"picsum_id": str(it["id"]), "author": it.get("author"), "page_url": it.get("url")},
+                    meta={"picsum_id": pid, "author": it.get("author"), "page_url": it.get("url")},
                 )
             page += 1
