@@ -6,6 +6,7 @@ import os
 
 import dagster as dg
 
+from assets.curated import curated_images, webdataset_shards
 from assets.raw_images import raw_images
 from assets.resources import FetchResource, SourcesResource, StorageResource
 
@@ -27,7 +28,7 @@ ingest_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[raw_images],
+    assets=[raw_images, curated_images, webdataset_shards],
     jobs=[ingest_job],
     resources={"storage": _storage(), "fetch": FetchResource(), "sources": SourcesResource()},
 )

@@ -11,6 +11,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from tests.fakeweb import FakeWeb, free_port
@@ -83,3 +84,11 @@ def moto_s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 # ==================================================================================================
 # end of fakeweb + moto_s3 fixtures; add other fixtures below
 # ==================================================================================================
+
+
+@pytest.fixture
+def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
+    """A Dagster instance with SQLite storage in the test's temp dir: runs, events and checks are real."""
+    (tmp_path / "dagster_home").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as inst:
+        yield inst

@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -67,13 +66,6 @@ def resources(tmp_path: Path, sources_file: str) -> dict[str, dg.ConfigurableRes
         ),
         "sources": SourcesResource(path=sources_file),
     }
-
-
-@pytest.fixture
-def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
-    (tmp_path / "dagster_home").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as inst:
-        yield inst
 
 
 def materialise(
@@ -224,7 +216,8 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
         assert [r["status"] for r in rows] == ["ok"] * 3
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as inst:  # runs recorded in the SQLite instance
         runs = inst.get_runs()
-        assert len(runs) == 4 and all(r.is_success for r in runs)
+        assert len(runs) == 6 and all(r.is_success for r in runs)  # 1 CLI + 3 raw partitions + curated + shards
+    assert (tmp_path / "data" / "datasets" / "latest.json").is_file()
 
 
 def test_preview_image_is_a_real_png(tmp_path, fakeweb, instance):

@@ -1,0 +1,174 @@
+"""``curated_images`` (what the model may see, and why not) and ``webdataset_shards`` (the versioned dataset)."""
+
+import base64
+import io
+import tarfile
+from collections import Counter
+
+import dagster as dg
+from pydantic import Field
+
+from assets.raw_images import raw_images
+from assets.resources import StorageResource
+from pipelines.curate import (
+    DECISIONS_KEY,
+    CurateSettings,
+    cross_class_conflicts,
+    curate,
+    decisions_version,
+    read_decisions,
+)
+from pipelines.dataset import DatasetSettings, build_dataset, verify_shard
+from pipelines.preview import contact_sheet
+from pipelines.sources import CLASSES
+from pipelines.storage import Storage
+
+
+class CurateConfig(dg.Config):
+    hash_kind: str = Field("phash", description="imagehash kind: phash, dhash, ahash or whash (64-bit)")
+    radius: int = Field(8, ge=0, le=16, description="Hamming radius for near duplicates (see benchmarks/README.md)")
+    class_priority: list[str] = Field(
+        list(CurateSettings().class_priority), description="in a cross-class conflict the earlier class keeps it"
+    )
+    min_side: int = Field(64, description="reject images whose shorter side is below this (the training resolution)")
+    max_aspect: float = Field(2.0, description="reject images more elongated than this (long side / short side)")
+    min_gray_std: float = Field(3.0, description="reject near-uniform images (grey-level std at 64 px)")
+    min_texture: float = Field(0.1, description="reject images with texture in less than this share of 8x8 blocks")
+
+    def settings(self) -> CurateSettings:
+        return CurateSettings(**{**self.model_dump(), "class_priority": tuple(self.class_priority)})
+
+
+def _md_table(counts: dict[str, dict[str, int]]) -> str:
+    reasons = sorted({r for c in counts.values() for r in c}, key=lambda r: (r != "accept", r))
+    lines = ["| class | " + " | ".join(reasons) + " |", "|---" * (len(reasons) + 1) + "|"]
+    lines += [f"| {c} | " + " | ".join(str(n.get(r, 0)) for r in reasons) + " |" for c, n in counts.items()]
+    return "\n".join(lines)
+
+
+def _preview(images: list[bytes], cols: int = 8) -> dg.MetadataValue | None:
+    png = contact_sheet(images, cols=cols) if images else None
+    return dg.MetadataValue.md(f"![preview](data:image/png;base64,{base64.b64encode(png).decode()})") if png else None
+
+
+def _pairs_preview(store: Storage, rows: list[dict], count: int = 8) -> dg.MetadataValue | None:
+    """Rejected near duplicates next to the image they duplicate: the picture that justifies the radius."""
+    by_sha = {r["sha256"]: r for r in rows}
+    pairs = [r for r in rows if r["reason"] in ("near_duplicate", "label_conflict") and r["distance"]][:count]
+    images = [store.get_bytes(x["storage_key"]) for r in pairs for x in (by_sha[r["duplicate_of"]], r)]
+    return _preview(images, cols=8)
+
+
+@dg.asset(
+    deps=[raw_images],
+    code_version="1",
+    group_name="curate",
+    kinds={"python", "parquet"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "no_cross_class_near_duplicates",
+            asset="curated_images",
+            blocking=True,
+            description="No two accepted images of different classes are within the near-duplicate radius",
+        )
+    ],
+)
+def curated_images(context: dg.AssetExecutionContext, config: CurateConfig, storage: StorageResource):
+    """Accept or reject every ingested image: exact, pixel and perceptual duplicates, label conflicts
+    across classes, and quality filters. Incremental: a refresh only hashes new raw partitions."""
+    store = storage.open()
+    settings = config.settings()
+    report = curate(store, settings, log=context.log.info)
+    rows = read_decisions(store)
+
+    conflicts = cross_class_conflicts(rows, settings.radius)
+    reasons = Counter(r["reason"] or "accept" for r in rows)
+    metadata = {
+        "dagster/row_count": len(rows),
+        "decisions": dg.MetadataValue.path(store.uri(DECISIONS_KEY)),
+        "decisions_version": report.version,
+        "mode": report.mode,
+        "new_raw_partitions": dg.MetadataValue.json(report.new_partitions),
+        "hashed_this_run": report.hashed,
+        "accepted": report.accepted,
+        "by_reason": dg.MetadataValue.json(dict(reasons)),
+        "by_class_and_reason": dg.MetadataValue.md(_md_table(report.counts)),
+        "settings": dg.MetadataValue.json(config.model_dump()),
+        "elapsed_s": round(report.elapsed_s, 2),
+    }
+    pairs = _pairs_preview(store, rows)
+    if pairs:
+        metadata["near_duplicate_pairs"] = pairs
+    yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(report.version))
+    yield dg.AssetCheckResult(
+        check_name="no_cross_class_near_duplicates", passed=conflicts == 0, metadata={"conflicting_pairs": conflicts}
+    )
+
+
+class DatasetConfig(dg.Config):
+    resolution: int = Field(64, ge=8, le=1024, description="side of the square training images")
+    image_format: str = Field("jpg", description="jpg (quality jpeg_quality, 4:4:4) or png (lossless)")
+    jpeg_quality: int = Field(95, ge=50, le=100)
+    holdout_fraction: float = Field(0.05, ge=0, lt=1, description="share held out for evaluation, by hash of the key")
+    seed: int = Field(0, description="shuffle seed: classes are mixed in an order derived from it")
+    shard_max_count: int = Field(10_000, ge=1)
+    shard_max_bytes: int = Field(256 * 2**20, ge=10240)
+    preview_count: int = Field(32, ge=0, le=128)
+
+    def settings(self) -> DatasetSettings:
+        return DatasetSettings(**self.model_dump(exclude={"preview_count"}), classes=CLASSES)
+
+
+def _first_images(store: Storage, shard_key: str, count: int) -> list[bytes]:
+    images: list[bytes] = []
+    with store.open_read(shard_key) as f, tarfile.open(fileobj=io.BytesIO(f.read())) as tar:
+        for member in tar:
+            if member.name.endswith((".jpg", ".png")) and len(images) < count:
+                images.append(tar.extractfile(member).read())  # type: ignore[union-attr]
+    return images
+
+
+@dg.asset(
+    deps=[curated_images],
+    code_version="1",
+    group_name="curate",
+    kinds={"python", "webdataset"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "shards_intact",
+            asset="webdataset_shards",
+            blocking=True,
+            description="Every shard in the index exists in storage with the sha256 and size the index records",
+        )
+    ],
+)
+def webdataset_shards(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource):
+    """Accepted images preprocessed (EXIF, RGB, centre crop, LANCZOS resize) into seeded, class-mixed
+    WebDataset tar shards with a fixed holdout split; the data version is the dataset version."""
+    store = storage.open()
+    decisions = read_decisions(store)
+    accepted = [r for r in decisions if r["decision"] == "accept"]
+    curated_version = decisions_version(decisions)
+    ds = build_dataset(store, accepted, config.settings(), curated_version=curated_version, log=context.log.info)
+    shards = [s for split in ds.index["splits"].values() for s in split]
+    metadata = {
+        "dataset_version": ds.version,
+        "index": dg.MetadataValue.path(store.uri(ds.key)),
+        "curated_version": curated_version,
+        "samples": sum(s["count"] for s in shards),
+        "counts": dg.MetadataValue.json(ds.counts),
+        "shards": len(shards),
+        "bytes": sum(s["bytes"] for s in shards),
+        "preprocessing": dg.MetadataValue.json(ds.index["preprocessing"]),
+        "dagster/row_count": sum(s["count"] for s in shards),
+    }
+    train = ds.index["splits"]["train"]
+    if train and config.preview_count:
+        preview = _preview(_first_images(store, train[0]["key"], config.preview_count))
+        if preview:
+            metadata["preview"] = preview
+    yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(ds.version))
+    bad = [s["key"] for s in shards if verify_shard(store, s) is not None]
+    yield dg.AssetCheckResult(
+        check_name="shards_intact", passed=not bad, metadata={"checked": len(shards), "bad": dg.MetadataValue.json(bad)}
+    )
