@@ -100,3 +100,38 @@ def test_real_full_size_photos_are_all_accounted_for(fixtures, tmp_path, folder)
     stored = {r["sha256"] for r in report.rows if r["status"] == "ok"}
     assert len(stored) == counts["ok"] == len(list(storage.list("raw/images/")))
     assert min(r["width"] for r in report.rows if r["status"] == "ok") >= 64
+
+
+def test_curation_of_real_photos_and_tiles(fixtures, tmp_path):
+    """Real dogs, cats and tiles plus planted re-encodes: the re-encodes go, the open-ocean tiles go, the rest stays."""
+    import io
+
+    from PIL import Image
+
+    from pipelines.curate import CurateSettings, cross_class_conflicts, curate, read_decisions
+
+    storage = LocalStorage(tmp_path / "data")
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    originals = sorted((fixtures / "dogs").glob("*.jpg"))[:40]
+    for p in originals:  # a second copy of each, re-encoded at low quality, scraped again the next day
+        buf = io.BytesIO()
+        Image.open(p).save(buf, "JPEG", quality=40)
+        (planted / p.name).write_bytes(buf.getvalue())
+    jobs = [
+        ("dogs", DAY, LocalDirSource(str(fixtures / "dogs"), name="dogs")),
+        ("null", DAY, LocalDirSource(str(fixtures / "null"), name="cats")),
+        ("satellite", DAY, LocalDirSource(str(fixtures / "tiles"), name="tiles")),
+        ("dogs", date(2026, 11, 25), LocalDirSource(str(planted), name="reencoded")),
+    ]
+    for class_name, day, src in jobs:
+        ingest_partition(storage, _fetcher(storage), class_name, day, [(src, 10_000)], concurrency=4)
+    report = curate(storage, CurateSettings(workers=2))
+    rows = read_decisions(storage)
+    reencoded = [r for r in rows if r["source"] == "reencoded"]
+    assert len(reencoded) == 40 and all(r["reason"] == "near_duplicate" for r in reencoded)
+    ocean = [r for r in rows if r["url"].endswith("bluemarble_z6_x32_y19.jpg")]
+    assert [r["reason"] for r in ocean] == ["near_uniform"]
+    assert report.counts["dogs"]["accept"] >= 490 and report.counts["null"].get("accept", 0) >= 490
+    assert report.counts["satellite"]["accept"] >= 470
+    assert cross_class_conflicts(rows, CurateSettings().radius) == 0
