@@ -22,6 +22,7 @@ import argparse
 import hashlib
 import io
 import os
+import resource
 import statistics
 import sys
 import tempfile
@@ -106,12 +107,21 @@ def loose_loader(root: Path) -> torch.utils.data.DataLoader:
     )
 
 
-def run_epoch(loader: torch.utils.data.DataLoader) -> tuple[int, float]:
-    t0 = time.perf_counter()
+def _cpu() -> float:
+    """CPU seconds of this process plus its reaped children (the DataLoader workers, joined per epoch)."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def run_epoch(loader: torch.utils.data.DataLoader) -> tuple[int, float, float]:
+    """Images, wall seconds and CPU seconds (main + workers) for one epoch."""
+    c0, t0 = _cpu(), time.perf_counter()
     n = 0
     for x, _ in loader:
         n += x.shape[0]
-    return n, time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    del x
+    return n, wall, _cpu() - c0
 
 
 # ---- a DCGAN (Radford et al.) at 64x64 -----------------------------------------------------------
@@ -159,8 +169,9 @@ class DCGANStep:
         self.opt_g.step()
 
 
-def time_steps(step: DCGANStep, batches, steps: int) -> tuple[float, float, float]:
-    """Mean step time, mean wait for data per step, and the worst wait, over ``steps`` after one warm-up."""
+def time_steps(step: DCGANStep, batches, steps: int) -> dict[str, float]:
+    """Step times (median and min: the min is what the machine can do when nothing else runs) and the time each
+    step spent waiting in ``next()`` for its batch, over ``steps`` steps after one warm-up."""
     it = iter(batches)
     step(next(it)[0])  # warm-up: allocator, workers started
     waits, totals = [], []
@@ -172,7 +183,13 @@ def time_steps(step: DCGANStep, batches, steps: int) -> tuple[float, float, floa
         t2 = time.perf_counter()
         waits.append(t1 - t0)
         totals.append(t2 - t0)
-    return statistics.mean(totals), statistics.mean(waits), max(waits)
+    return {
+        "median": statistics.median(totals),
+        "min": min(totals),
+        "wait": statistics.mean(waits),
+        "worst": max(waits),
+        "share": sum(waits) / sum(totals),
+    }
 
 
 def forever(loader: torch.utils.data.DataLoader):
@@ -188,7 +205,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--limit", type=int, default=None, help="use only this many source images")
     ap.add_argument("--epochs", type=int, default=2, help="measured loader epochs (after one warm-up)")
-    ap.add_argument("--steps", type=int, default=10, help="training steps timed per configuration")
+    ap.add_argument("--steps", type=int, default=10, help="training steps timed per configuration (0: skip)")
     ap.add_argument("--shard-count", type=int, default=256, help="samples per shard")
     args = ap.parse_args()
     if not FIXTURES.is_dir():
@@ -240,42 +257,57 @@ def main() -> None:
             "loose-orig": loose_loader(tmp / "orig"),
         }
         rates: dict[str, list[float]] = {name: [] for name in loaders}
+        cpu: dict[str, list[float]] = {name: [] for name in loaders}
         print(f"\nloader throughput, batch {BATCH}, {WORKERS} workers, 1 warm-up + {args.epochs} measured epochs:")
         for epoch in range(args.epochs + 1):
             for name, loader in loaders.items():
                 if hasattr(loader.dataset, "set_epoch"):
                     loader.dataset.set_epoch(epoch)
-                n, dt = run_epoch(loader)
+                n, dt, cpu_s = run_epoch(loader)
                 tag = "warm-up" if epoch == 0 else f"epoch {epoch}"
-                print(f"  {name:<10} {tag:<8} {n:>5} images in {dt:6.2f} s = {n / dt:7.0f} images/s")
+                print(
+                    f"  {name:<10} {tag:<8} {n:>5} images in {dt:6.2f} s = {n / dt:7.0f} images/s, "
+                    f"CPU {1e6 * cpu_s / n:5.0f} us/image (main + workers)"
+                )
                 if epoch:
                     rates[name].append(n / dt)
+                    cpu[name].append(cpu_s / n)
         mean = {name: statistics.mean(r) for name, r in rates.items()}
-        print("\n  loader       images/s   ms/batch   vs loose-orig   vs loose64")
+        per = {name: statistics.mean(c) for name, c in cpu.items()}
+        print("\n  loader       images/s   ms/batch   vs loose-orig   vs loose64   CPU us/image   CPU vs loose-orig")
         for name in loaders:
             print(
                 f"  {name:<10} {mean[name]:>10.0f} {1000 * BATCH / mean[name]:>10.1f} "
-                f"{mean[name] / mean['loose-orig']:>14.2f}x {mean[name] / mean['loose64']:>11.2f}x"
+                f"{mean[name] / mean['loose-orig']:>14.2f}x {mean[name] / mean['loose64']:>11.2f}x "
+                f"{1e6 * per[name]:>14.0f} {per['loose-orig'] / per[name]:>18.2f}x"
             )
         verdict = "MET" if mean["shards"] >= 2 * mean["loose-orig"] else "NOT met"
         print(
             f"  target (shards >= 2x loose files): vs originals {mean['shards'] / mean['loose-orig']:.2f}x {verdict}; "
             f"vs the same 64x64 files loose {mean['shards'] / mean['loose64']:.2f}x"
         )
+        load = os.getloadavg()
+        print(f"  (load average during the run: {load[0]:.2f} / {load[1]:.2f} on {os.cpu_count()} CPUs)")
 
         # ---- 3. training step vs data
+        if args.steps < 1:
+            return
         print(f"\nDCGAN step (G+D, 64x64, batch {BATCH}, CPU, {torch.get_num_threads()} threads), {args.steps} steps:")
         fixed = torch.rand(BATCH, 3, SIZE, SIZE) * 2 - 1
         for width in (64, 32):
             step = DCGANStep(width)
-            alone, _, _ = time_steps(step, iter(lambda: (fixed, None), None), args.steps)
-            print(f"  ngf=ndf={width}: in-memory batch: {alone * 1000:7.0f} ms/step")
+            r = time_steps(step, iter(lambda: (fixed, None), None), args.steps)
+            print(
+                f"  ngf=ndf={width}: in-memory batch     : {r['median'] * 1000:6.0f} ms/step median, "
+                f"{r['min'] * 1000:6.0f} min"
+            )
             for name in ("shards", "loose-orig"):
-                tot, wait, worst = time_steps(step, forever(loaders[name]), args.steps)
+                r = time_steps(step, forever(loaders[name]), args.steps)
                 print(
-                    f"  ngf=ndf={width}: fed by {name:<10}: {tot * 1000:7.0f} ms/step, waiting for data "
-                    f"{wait * 1000:6.1f} ms/step on average ({100 * wait / tot:4.1f}%), worst {worst * 1000:6.1f} ms; "
-                    f"loader alone needs {1000 * BATCH / mean[name]:.1f} ms/batch"
+                    f"  ngf=ndf={width}: fed by {name:<11}: {r['median'] * 1000:6.0f} ms/step median, "
+                    f"{r['min'] * 1000:6.0f} min; waited for data {r['wait'] * 1000:5.1f} ms/step on average "
+                    f"({100 * r['share']:.1f}% of the time), worst {r['worst'] * 1000:5.1f} ms; "
+                    f"the loader alone makes a batch every {1000 * BATCH / mean[name]:.1f} ms"
                 )
 
 

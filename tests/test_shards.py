@@ -140,6 +140,7 @@ def test_write_rejects_bad_samples(tmp_path, samples):
     with pytest.raises(TypeError):
         write_shards(storage, [{**samples[0], "cls": 1.5}])
     assert list(storage.list("")) == []
+    assert write_shards(storage, []) == []
 
 
 # ---- reading ----------------------------------------------------------------------------------------
