@@ -89,6 +89,7 @@ def curated_images(context: dg.AssetExecutionContext, config: CurateConfig, stor
         "decisions_version": report.version,
         "mode": report.mode,
         "new_raw_partitions": dg.MetadataValue.json(report.new_partitions),
+        "raw_manifest_versions": dg.MetadataValue.json(report.raw_versions),
         "hashed_this_run": report.hashed,
         "accepted": report.accepted,
         "by_reason": dg.MetadataValue.json(dict(reasons)),

@@ -113,6 +113,7 @@ class CurateReport:
     mode: str  # "incremental" or "full: <why>"
     partitions: int
     new_partitions: list[str]
+    raw_versions: dict[str, str]  # raw partition -> manifest content version: the lineage of this decision table
     rows: int
     hashed: int  # images decoded this run (the rest came from the feature cache)
     counts: dict[str, dict[str, int]]  # class -> reason ("accept" for accepted) -> n
@@ -382,6 +383,7 @@ def curate(
         mode=mode,
         partitions=len(parts),
         new_partitions=[p.name for p, _ in parts[start:]],
+        raw_versions={p.name: p.version for p, _ in parts},
         rows=len(curator.rows),
         hashed=len(fresh),
         counts={c: dict(n) for c, n in counts.items()},

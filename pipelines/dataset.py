@@ -200,7 +200,7 @@ def build_dataset(
         pq.write_table(pa.Table.from_pylist(members, schema=SAMPLES_SCHEMA), buf, compression="zstd")
         storage.put_bytes(f"datasets/versions/{version}/samples.parquet", buf.getvalue())
         storage.put_bytes(key, blob)  # last: an index only exists once everything it names does
-    latest = {"version": version, "index": key, "curated_version": curated_version}
+    latest = {"version": version, "index": key, "curated_version": curated_version, "root_url": storage.root_url}
     storage.put_bytes(LATEST_KEY, json.dumps(latest, indent=1).encode())
     return DatasetIndex(version=version, index=index, key=key)
 

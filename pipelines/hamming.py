@@ -48,7 +48,8 @@ import numpy as np
 BITS = 64
 # Cost model, in units of one verified candidate (calibrated on the reference machine, see the module docstring).
 _PROBE_COST = 1.0  # looking up one neighbouring chunk value
-_BRUTE_COST = 0.25  # one popcount comparison in a blocked all-pairs scan (no gathers, no expansion)
+_BRUTE_COST = 0.4  # one popcount comparison in a blocked all-pairs scan (no gathers, no expansion)
+_CHUNK_CALL_COST = 20000.0  # fixed numpy-call overhead per chunk, spread over ~n queries
 _MAX_PROBES = 1 << 16  # masks per chunk beyond which a plan is not considered (memory for the mask list)
 _MAX_CHUNKS = 16
 _BLOCK = 1 << 21  # elements per vectorised step: bounds transient memory to tens of MB
@@ -118,7 +119,9 @@ def _plan(radius: int, n: int) -> tuple[int, ...]:
         widths = _widths(m)
         thresholds = _thresholds(widths, radius, n)
         if max(_volume(w, t) for w, t in zip(widths, thresholds, strict=True)) <= _MAX_PROBES:
+            used = sum(t >= 0 for t in thresholds)
             options[widths] = sum(_cost(w, t, n) for w, t in zip(widths, thresholds, strict=True))
+            options[widths] += _CHUNK_CALL_COST * used / n
     return min(options, key=lambda widths: (options[widths], len(widths)))
 
 
