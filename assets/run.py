@@ -34,13 +34,22 @@ def partition_keys(asset: dg.AssetsDefinition, day: str) -> list[str | None]:
 
 
 def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, day: str, select: set[str] | None = None) -> bool:
-    """Materialise each asset (and its checks) partition by partition; returns True if all succeeded."""
+    """Materialise each asset (and its checks) partition by partition; returns True if all succeeded.
+
+    Every partition of a level is tried (one class failing does not stop the others), but the levels
+    after a failure are skipped.
+    """
     graph = defs.resolve_asset_graph()
     assets = [a for a in defs.assets if isinstance(a, dg.AssetsDefinition)]  # type: ignore[union-attr]
     by_key = {k: a for a in assets for k in a.keys}
     resources = defs.resources or {}
     ok = True
     for level in graph.toposorted_asset_keys_by_level:
+        if not ok:  # downstream of a failure would build on missing data
+            for key in sorted(level):
+                if key in by_key and not (select and key.to_user_string() not in select):
+                    print(f"--- skipping {key.to_user_string()}: an upstream asset failed", flush=True)
+            continue
         for key in sorted(level):
             if key not in by_key or (select and key.to_user_string() not in select):
                 continue

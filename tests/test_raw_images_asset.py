@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from assets.curated import curated_images, webdataset_shards
 from assets.definitions import defs
 from assets.raw_images import raw_images
 from assets.resources import FetchResource, SourcesResource, StorageResource
@@ -230,3 +231,21 @@ def test_preview_image_is_a_real_png(tmp_path, fakeweb, instance):
     b64 = mat.metadata["preview"].value.split("base64,", 1)[1].rstrip(")")
     img = Image.open(io.BytesIO(base64.b64decode(b64)))
     assert img.format == "PNG" and img.width > 3 * 90
+
+
+def test_whole_run_stops_downstream_of_a_failed_ingest(tmp_path, instance, capsys):
+    """``gan-pipelines run`` offline: every class is tried, nothing is curated from missing data."""
+    from assets.run import run_all
+
+    spec = {
+        "classes": {
+            c: [{"name": "gone", "kind": "dog_ceo", "base_url": "http://nohost.invalid/api"}]
+            for c in ("dogs", "null", "satellite")
+        }
+    }
+    res = resources(tmp_path, write_sources(tmp_path / "s.yaml", spec))
+    pipeline = dg.Definitions(assets=[raw_images, curated_images, webdataset_shards], resources=res)
+    assert run_all(pipeline, instance, DAY) is False
+    out = capsys.readouterr().out
+    assert out.count("FAILED") == 3 and "skipping curated_images" in out and "skipping webdataset_shards" in out
+    assert instance.get_latest_materialization_event(dg.AssetKey("curated_images")) is None
