@@ -26,7 +26,7 @@ from pipelines.storage import Storage
 
 class CurateConfig(dg.Config):
     hash_kind: str = Field("phash", description="imagehash kind: phash, dhash, ahash or whash (64-bit)")
-    radius: int = Field(8, ge=0, le=16, description="Hamming radius for near duplicates (see benchmarks/README.md)")
+    radius: int = Field(4, ge=0, le=16, description="Hamming radius for near duplicates (see benchmarks/README.md)")
     class_priority: list[str] = Field(
         list(CurateSettings().class_priority), description="in a cross-class conflict the earlier class keeps it"
     )

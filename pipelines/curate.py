@@ -89,7 +89,7 @@ class CurateSettings:
     """Every knob that changes a decision; its fingerprint decides when to start over."""
 
     hash_kind: str = "phash"
-    radius: int = 8  # see benchmarks/README.md, "Near-duplicate detection quality"
+    radius: int = 4  # see benchmarks/README.md, "Near-duplicate detection: choosing the radius"
     class_priority: tuple[str, ...] = ("dogs", "satellite", "null")
     min_side: int = 64
     max_aspect: float = 2.0

@@ -1,8 +1,8 @@
 """Exact Hamming-radius search over 64-bit perceptual hashes: multi-index hashing (MIH) in numpy.
 
 Near-duplicate curation needs every pair of hashes within a radius among up to millions of images; an
-all-pairs popcount is O(n^2) (about 20 minutes at 1M hashes), so this index only looks at hashes that can
-possibly be close.
+all-pairs popcount is O(n^2) (about 30 minutes at 1M hashes here), so this index only compares hashes that
+can possibly be close.
 
 How (pigeonhole): the 64 bits are split into m disjoint chunks. Give chunk i a threshold t_i (-1 = unused)
 with sum(t_i + 1) >= r + 1; if two hashes differ in at most r bits, some chunk i differs in at most t_i bits.
@@ -11,29 +11,34 @@ a w-bit chunk) is looked up in that chunk's table of stored hashes, and the cand
 popcount of all 64 bits. A pair is reported only from the first chunk whose threshold it meets, so it is
 found exactly once and nothing has to be de-duplicated afterwards.
 
-Number of chunks: per query and chunk the cost is about V(w, t) lookups plus V(w, t) * n / 2^w candidates.
-Fewer, longer chunks make buckets small but each chunk must absorb more of the radius (t ~ r / m) and V(w, t)
-grows combinatorially; more, shorter chunks need little enumeration but every bucket holds n / 2^w hashes that
-all get verified, and at small w that is a brute-force scan again. `_plan` picks m for the radius by this
-cost at n = 2^20: radius 1 -> 2 chunks of 32 bits, 2..10 -> 3 chunks of 21-22 bits (radius 8: t = 2, 2, 2,
-718 lookups and ~0.3 candidates per hashed query), 12 -> 4 chunks of 16 bits.
+Number of chunks (`_plan`): per query and chunk the cost is about V(w, t) lookups plus V(w, t) * n / 2^w
+candidates. Fewer, longer chunks make buckets small, but each chunk must absorb more of the radius
+(t ~ r / m) and V(w, t) grows combinatorially; more, shorter chunks need little enumeration, but every
+bucket holds n / 2^w hashes that all get verified, and at small w that is a brute-force scan again. So the
+best m depends on the radius and on n (chunks of about log2(n) bits): `_plan` minimises this cost, with a
+blocked brute-force scan as one more option, for each segment's size. At 1M hashes: radius 0 -> the whole
+hash as key; 1 -> 2 chunks of 32 bits; 2..14 -> 3 chunks of 21-22 bits (radius 4: t = 1, 1, 0, 46 lookups;
+radius 8: t = 2, 2, 2, 718 lookups and ~0.4 candidates per lookup). At 64K hashes: 4 chunks of 16 bits.
+A few hundred hashes: brute force.
 
-Why this and not faiss: on the reference machine (2 cores), 1M random hashes, radius 8, faiss-cpu 1.15
+Why not faiss: on the reference machine (2 cores), 1M random hashes, radius 8, faiss-cpu 1.15
 ``IndexBinaryMultiHash(64, 3, 21)`` with ``nflip=2`` (the same pigeonhole, exact there) took 2.3 s to add
-and 96 s for range_search of all against all on both cores, against ~2 s and ~6 s here on one core
-(benchmarks/bench_neardup.py). faiss probes a C++ unordered_map once per (query, flipped key) and gathers
-each query's candidates in an unordered_set; here the probes run over whole numpy arrays, one distinct chunk
-value at a time, into a direct-address table walked in key order (cache-friendly), and duplicates are
-avoided by construction. faiss also reports distance < radius (strict), uses one flip count for all tables,
-and would be one more binary dependency.
+and 96 s for range_search of all against all on both cores, against 0.4 s and 10 s here on one core
+(5 s for the self-join; benchmarks/bench_neardup.py). faiss probes a C++ unordered_map once per (query,
+flipped key) and collects each query's candidates in an unordered_set; here the probes run over whole numpy
+arrays, one distinct chunk value at a time, into a direct-address table walked in key order
+(cache-friendly), and duplicates are avoided by construction. faiss also reports distance < radius
+(strict), uses one flip count for all tables and would be one more binary dependency.
 
 Incremental adds go to segments of geometrically growing size (like an LSM tree): a batch becomes a new
 segment at the next search and is merged with the previous one while it is at least half as large, so each
 hash is re-indexed O(log n) times and a search probes O(log n) segments.
 
-Limits: the cost assumes roughly balanced bits; a chunk value shared by a large share of hashes (many copies of
-one image, or hashes of blank images) makes its bucket large, and the pairs inside it are all real matches,
-so the output itself is quadratic in the number of copies. Distances are returned as uint8.
+Limits: the cost model assumes balanced, independent bits. Real pHashes are less even (the DC bit is always
+set; on the fixtures, pairs share a 21-bit chunk value 1.5-6x more often than uniform hashes would), so
+expect a few times the candidates of the random-hash benchmark. Many copies of one hash make one large
+bucket, but the pairs inside it are all real matches: the output itself is quadratic in the copies.
+Distances are returned as uint8.
 """
 
 from __future__ import annotations
@@ -113,7 +118,11 @@ def _size_class(n: int) -> int:
 
 @cache
 def _plan(radius: int, n: int) -> tuple[int, ...]:
-    """Chunk widths with the least modelled cost for this radius and segment size; () = brute force is cheaper."""
+    """Chunk widths with the least modelled cost for this radius and segment size; () = brute force is cheaper.
+
+    Longer chunks: smaller buckets but combinatorially more neighbouring values to enumerate. Shorter
+    chunks: few neighbours but buckets of n / 2^w hashes to verify. See the module docstring.
+    """
     options: dict[tuple[int, ...], float] = {(): _BRUTE_COST * n}
     for m in range(1, _MAX_CHUNKS + 1):
         widths = _widths(m)
