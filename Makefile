@@ -9,7 +9,7 @@ TORCH_VERSION   ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run test lint bench-fetch dev clean
+.PHONY: run test lint bench bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,11 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
-bench-fetch: $(VENV)/.installed
-	$(BIN)/python benchmarks/bench_fetch.py
+# Benchmarks are run by hand; figures go to benchmarks/README.md. The real-image ones read ../shared/fixtures.
+bench: bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards
+
+bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards: $(VENV)/.installed
+	$(BIN)/python benchmarks/$(subst -,_,$(subst bench-,bench_,$@)).py
 
 dev: $(VENV)/.installed
 	$(BIN)/gan-pipelines dev
