@@ -1,13 +1,12 @@
 """``curated_images`` (what the model may see, and why not) and ``webdataset_shards`` (the versioned dataset)."""
 
-import base64
-import io
 import tarfile
 from collections import Counter
 
 import dagster as dg
 from pydantic import Field
 
+from assets.metadata import preview
 from assets.raw_images import raw_images
 from assets.resources import StorageResource
 from pipelines.curate import (
@@ -19,7 +18,6 @@ from pipelines.curate import (
     read_decisions,
 )
 from pipelines.dataset import DatasetSettings, build_dataset, verify_shard
-from pipelines.preview import contact_sheet
 from pipelines.sources import CLASSES
 from pipelines.storage import Storage
 
@@ -46,17 +44,11 @@ def _md_table(counts: dict[str, dict[str, int]]) -> str:
     return "\n".join(lines)
 
 
-def _preview(images: list[bytes], cols: int = 8) -> dg.MetadataValue | None:
-    png = contact_sheet(images, cols=cols) if images else None
-    return dg.MetadataValue.md(f"![preview](data:image/png;base64,{base64.b64encode(png).decode()})") if png else None
-
-
 def _pairs_preview(store: Storage, rows: list[dict], count: int = 8) -> dg.MetadataValue | None:
     """Rejected near duplicates next to the image they duplicate: the picture that justifies the radius."""
     by_sha = {r["sha256"]: r for r in rows}
-    pairs = [r for r in rows if r["reason"] in ("near_duplicate", "label_conflict") and r["distance"]][:count]
-    images = [store.get_bytes(x["storage_key"]) for r in pairs for x in (by_sha[r["duplicate_of"]], r)]
-    return _preview(images, cols=8)
+    pairs = [r for r in rows if r["reason"] in ("near_duplicate", "label_conflict")][:count]
+    return preview([store.get_bytes(x["storage_key"]) for r in pairs for x in (by_sha[r["duplicate_of"]], r)])
 
 
 @dg.asset(
@@ -121,11 +113,14 @@ class DatasetConfig(dg.Config):
 
 
 def _first_images(store: Storage, shard_key: str, count: int) -> list[bytes]:
+    """The first images of a shard, streamed: a shard can be hundreds of MB."""
     images: list[bytes] = []
-    with store.open_read(shard_key) as f, tarfile.open(fileobj=io.BytesIO(f.read())) as tar:
+    with store.open_read(shard_key) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         for member in tar:
-            if member.name.endswith((".jpg", ".png")) and len(images) < count:
+            if member.name.endswith((".jpg", ".png")):
                 images.append(tar.extractfile(member).read())  # type: ignore[union-attr]
+                if len(images) == count:
+                    break
     return images
 
 
@@ -165,9 +160,9 @@ def webdataset_shards(context: dg.AssetExecutionContext, config: DatasetConfig, 
     }
     train = ds.index["splits"]["train"]
     if train and config.preview_count:
-        preview = _preview(_first_images(store, train[0]["key"], config.preview_count))
-        if preview:
-            metadata["preview"] = preview
+        sheet = preview(_first_images(store, train[0]["key"], config.preview_count))
+        if sheet:
+            metadata["preview"] = sheet
     yield dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(ds.version))
     bad = [s["key"] for s in shards if verify_shard(store, s) is not None]
     yield dg.AssetCheckResult(

@@ -1,6 +1,5 @@
 """The ``raw_images`` asset: one partition per image class and day, fetched from the configured sources."""
 
-import base64
 import json
 from datetime import date
 from pathlib import Path
@@ -8,26 +7,17 @@ from pathlib import Path
 import dagster as dg
 from pydantic import Field
 
+from assets.metadata import preview
 from assets.partitions import raw_partitions
 from assets.resources import FetchResource, SourcesResource, StorageResource
-from pipelines.ingest import IngestReport, ingest_partition
-from pipelines.preview import contact_sheet
+from pipelines.ingest import ingest_partition
 from pipelines.sources import SourceUnavailable
-from pipelines.storage import Storage
 
 
 class RawImagesConfig(dg.Config):
     max_new_per_source: int | None = Field(None, ge=0, description="override every source's per-partition quota")
     max_failure_rate: float = Field(0.5, ge=0, le=1, description="the failure_rate check fails above this share")
     preview_count: int = Field(16, ge=0, le=64)
-
-
-def _preview_md(report: IngestReport, storage: Storage, count: int) -> str | None:
-    ok = [r for r in report.rows if r["status"] == "ok"][:count]
-    png = contact_sheet([storage.get_bytes(r["storage_key"]) for r in ok]) if ok else None
-    if png is None:
-        return None
-    return f"![preview](data:image/png;base64,{base64.b64encode(png).decode()})"
 
 
 @dg.asset(
@@ -94,9 +84,10 @@ def raw_images(
         "failure_rate": round(failed, 4),
         "user_agent": fetch.user_agent,
     }
-    preview = _preview_md(report, store, config.preview_count)
-    if preview:
-        metadata["preview"] = dg.MetadataValue.md(preview)
+    ok = [r for r in report.rows if r["status"] == "ok"][: config.preview_count]
+    sheet = preview([store.get_bytes(r["storage_key"]) for r in ok])
+    if sheet:
+        metadata["preview"] = sheet
     reasons = {}
     for r in report.rows:
         if r["status"] not in ("ok", "already_seen"):

@@ -48,6 +48,7 @@ def test_curate_and_shard_with_lineage_and_checks(tmp_path, ingested, instance):
     assert counts["label_conflict"] == 1 and counts["accept"] >= 15
     assert counts.get("near_uniform", 0) + counts.get("low_detail", 0) >= 1  # the flat ocean tiles
     assert cur.metadata["mode"].value == "full: first run"
+    assert cur.metadata["near_duplicate_pairs"].value.startswith("![preview](data:image/png;base64,")
     assert cur.metadata["hashed_this_run"].value == sum(counts.values()) - 1  # the dog in null: same bytes, hashed once
     [shards] = result.asset_materializations_for_node("webdataset_shards")
     md = shards.metadata
