@@ -345,7 +345,7 @@ def curate(
     state = json.loads(storage.get_bytes(STATE_KEY)) if storage.exists(STATE_KEY) else None
     seen = [(p.key, p.version) for p, _ in parts]
     done: list[list[str]] = state["processed"] if state else []
-    if state is None:
+    if state is None or not storage.exists(DECISIONS_KEY):
         mode, start = "full: first run", 0
     elif state["settings"] != s.fingerprint():
         mode, start = "full: settings changed", 0
