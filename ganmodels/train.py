@@ -47,6 +47,25 @@ D's loss staying within ``stuck_d_loss_eps`` of zero for ``stuck_d_loss_steps`` 
 pairwise distance of the fixed-noise samples (measured at frame time) falling below ``collapse_ratio``
 times its first measured value, are logged as warnings and listed in :attr:`TrainResult.warnings`.
 
+Distributed training (``torchrun``)
+-----------------------------------
+When a ``torch.distributed`` process group with more than one rank is up (``ganmodels.cli`` starts it),
+the Trainer runs data-parallel: G and D are wrapped in ``DistributedDataParallel`` (identical initial
+weights: same seed on every rank, and DDP broadcasts rank 0's anyway) with
+``forward_sync_buffers=False`` (formerly ``broadcast_buffers=False``), so BatchNorm running statistics
+stay per rank (training-mode BN normalises with batch statistics, so the weights stay identical; only
+rank 0's running stats are saved) and D may be called several times (real, fake, negatives) before one
+backward: the default buffer broadcast at every forward would modify BN buffers in place between those
+calls. ``find_unused_parameters`` stays False: every parameter gets a gradient in each synced backward.
+Only D's own step and G's step go through the DDP wrappers; G's pass in D's step is under ``no_grad``,
+and G's loss goes through the plain D (its D gradients are discarded), as does the WGAN-GP penalty
+(``autograd.grad`` through DDP is not supported). Each rank reads its own shards (the loader splits by
+rank) and draws its own noise, labels, augmentation and dropout (stream seeds offset by rank; rank 0
+draws exactly what a single process would). Rank 0 alone writes checkpoints, frames and TensorBoard;
+every rank resumes from the same newest checkpoint and then reseeds its streams. A non-finite loss on
+any rank stops every rank, and the adaptive schedule plans from the ranks' averaged D accuracies, so no
+rank waits forever in a collective.
+
 Device: ``"auto"`` picks CUDA when available. On CUDA: AMP (``torch.autocast`` float16 + one
 ``GradScaler`` per net), ``channels_last`` and ``cudnn.benchmark``; on CPU: ``torch.set_num_threads``.
 """
@@ -64,11 +83,13 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from ganmodels.adaptive import UpdateSchedule
 from ganmodels.augment import diff_augment, parse_policy
 from ganmodels.checkpoint import (
+    checkpoint_path,
     file_sha256,
     latest_checkpoint,
     list_checkpoints,
@@ -312,6 +333,13 @@ def shard_batches(
 # ---- the trainer ---------------------------------------------------------------------------------------
 
 
+class _NullWriter:
+    """Stands in for SummaryWriter on ranks other than 0, which write nothing."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
 def _grad_norm(module: nn.Module) -> float:
     norms = [p.grad.detach().float().norm() for p in module.parameters() if p.grad is not None]
     return float(torch.stack(norms).norm()) if norms else 0.0
@@ -353,10 +381,17 @@ class Trainer:
             if cfg.net.num_classes < len(names):
                 raise ValueError(f"net.num_classes={cfg.net.num_classes} < {len(names)} data classes")
 
+        # Under torchrun (a process group is up): every rank trains, only rank 0 writes (module docstring).
+        self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        self.rank = dist.get_rank() if self.distributed else 0
+        self.world_size = dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
         if cfg.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
             self.device = torch.device(cfg.device)
+        if self.distributed and self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())  # set from LOCAL_RANK by the CLI
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             torch.backends.cudnn.benchmark = True
@@ -368,6 +403,19 @@ class Trainer:
         self.memory_format = torch.channels_last if self.cuda else torch.contiguous_format
         self.G = g.to(self.device, memory_format=self.memory_format)
         self.D = d.to(self.device, memory_format=self.memory_format)
+        # Forward passes whose gradients must be averaged over ranks go through these; self.G / self.D stay
+        # the plain modules (state dicts, EMA, frames, GP and G's pass through D, whose D grads are dropped).
+        self.g_fwd: nn.Module = self.G
+        self.d_fwd: nn.Module = self.D
+        if self.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            # No buffer sync at each forward (buffers are still synced once at init): BN running stats stay
+            # per rank (training BN uses batch stats anyway), and D is called several times before one
+            # backward, which in-place buffer broadcasts in between would break.
+            self.g_fwd = DDP(self.G, device_ids=ids, forward_sync_buffers=False)
+            self.d_fwd = DDP(self.D, device_ids=ids, forward_sync_buffers=False)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=cfg.betas, weight_decay=cfg.weight_decay)
         self.scaler_g = torch.amp.GradScaler("cuda", enabled=self.cuda)
@@ -375,7 +423,7 @@ class Trainer:
         self.d_loss_fn, self.g_loss_fn = get_losses(cfg.loss)
         self.labels = cfg.label_settings
 
-        self.gens = {name: torch.Generator().manual_seed(cfg.seed * 1000 + i + 1) for i, name in enumerate(_STREAMS)}
+        self.gens = {name: torch.Generator().manual_seed(self._stream_seed(i, name)) for i, name in enumerate(_STREAMS)}
         self.ema = EMA(self.G, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
         self.replay = ReplayBuffer(cfg.replay_capacity, self.gens["replay"]) if cfg.replay_capacity > 0 else None
         self.schedule = UpdateSchedule(
@@ -396,6 +444,24 @@ class Trainer:
         self.monitor: dict[str, Any] = {"early_diversity": None, "stuck": 0, "warnings": []}
         self.resumed_from: int | None = None
         self._data_iter: Iterator | None = None
+
+    def _stream_seed(self, i: int, name: str, step: int = 0) -> int:
+        """Seed of RNG stream ``i``: rank 0 (and a single process) uses the classic one; other ranks differ.
+
+        ``frames`` is the same everywhere (only rank 0 renders). ``step`` varies the seeds on resume, where
+        rank 0's saved stream states must not be copied to the other ranks.
+        """
+        seed = self.config.seed * 1000 + i + 1
+        if self.rank and name != "frames":
+            seed += self.rank * 1_000_003 + step * 7_919
+        return seed
+
+    def _reseed_other_rank(self) -> None:
+        """After loading rank 0's checkpoint on rank > 0: give this rank its own noise/label/dropout draws."""
+        for i, name in enumerate(_STREAMS):
+            if name in self.gens:
+                self.gens[name].manual_seed(self._stream_seed(i, name, self.step))
+        torch.manual_seed(self._stream_seed(len(_STREAMS), "global", self.step))
 
     # ---- state ---------------------------------------------------------------------------------------
 
@@ -439,8 +505,13 @@ class Trainer:
             self.gens[k].set_state(s)
         set_rng_state(state["rng"])
         self.monitor = {**state["monitor"], "warnings": list(state["monitor"]["warnings"])}
+        if self.rank:
+            self._reseed_other_rank()
 
     def save(self) -> Path:
+        """Write a checkpoint (rank 0 only; other ranks get the path rank 0 writes)."""
+        if not self.is_main:
+            return checkpoint_path(self.ckpt_dir, self.step)
         return save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), keep=self.config.keep_checkpoints)
 
     def _resume(self) -> None:
@@ -505,13 +576,17 @@ class Trainer:
         return diff_augment(x, self.config.diffaugment, self.gens["augment"])
 
     def _check(self, name: str, loss: torch.Tensor) -> None:
-        if not bool(torch.isfinite(loss.detach()).all()):
+        finite = bool(torch.isfinite(loss.detach()).all())
+        if self.distributed:  # every rank must stop together, or the others hang in the next all-reduce
+            flag = torch.tensor([1.0 if finite else 0.0], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+            finite = bool(flag.item())
+        if not finite:
             last = list_checkpoints(self.ckpt_dir)
             ckpt = last[-1][1] if last else None
-            msg = (
-                f"training diverged at step {self.step + 1}: {name} loss is {float(loss.detach())}; "
-                f"last good checkpoint: {ckpt}"
-            )
+            value = float(loss.detach())
+            what = str(value) if not math.isfinite(value) else f"not finite on another rank (here {value})"
+            msg = f"training diverged at step {self.step + 1}: {name} loss is {what}; last good checkpoint: {ckpt}"
             log.error(msg)
             raise TrainingDiverged(msg, self.step + 1, ckpt)
 
@@ -523,7 +598,7 @@ class Trainer:
         # Fakes share the reals' labels in D's step, so real/fake pairs (and GP interpolates) match classes.
         fake_labels = real_labels if cond else None
         with torch.no_grad(), self._autocast():
-            fake = self.G(self._z(n), fake_labels).float()
+            fake = self.G(self._z(n), fake_labels).float()  # no grad: no DDP sync needed
         fresh, fresh_labels = fake, fake_labels
         if self.replay is not None:
             if cond:
@@ -541,13 +616,13 @@ class Trainer:
             if cfg.mixed_batch:
                 parts = [real_in, fake_in] + ([neg_in] if neg_in is not None else [])
                 lab = [real_labels, fake_labels] + ([neg_labels] if neg_in is not None else []) if cond else None
-                logits = self.D(torch.cat(parts), torch.cat(lab) if lab is not None else None).float()
+                logits = self.d_fwd(torch.cat(parts), torch.cat(lab) if lab is not None else None).float()
                 real_logits, fake_logits = logits[:n], logits[n : 2 * n]
                 neg_logits = logits[2 * n :] if neg_in is not None else None
             else:
-                real_logits = self.D(real_in, real_labels if cond else None).float()
-                fake_logits = self.D(fake_in, fake_labels).float()
-                neg_logits = self.D(neg_in, neg_labels).float() if neg_in is not None else None
+                real_logits = self.d_fwd(real_in, real_labels if cond else None).float()
+                fake_logits = self.d_fwd(fake_in, fake_labels).float()
+                neg_logits = self.d_fwd(neg_in, neg_labels).float() if neg_in is not None else None
             loss = self.d_loss_fn(
                 real_logits,
                 fake_logits,
@@ -576,6 +651,10 @@ class Trainer:
         self.scaler_d.step(self.opt_d)
         self.scaler_d.update()
         self.schedule.observe(real_logits, fake_logits)
+        if self.distributed and cfg.adaptive:  # every rank must plan the same number of D steps
+            acc = torch.tensor([self.schedule.acc_real, self.schedule.acc_fake], device=self.device)
+            dist.all_reduce(acc)
+            self.schedule.acc_real, self.schedule.acc_fake = (float(a) / self.world_size for a in acc)
         if self.replay is not None:
             self.replay.push(fresh, fresh_labels)
         stats["images"] = stats.get("images", 0.0) + n
@@ -586,7 +665,8 @@ class Trainer:
         n = cfg.batch_size
         labels = self._fake_labels(n)
         with self._autocast():
-            fake = self.G(self._z(n), labels)
+            fake = self.g_fwd(self._z(n), labels)
+            # Plain D: its grads from G's loss are thrown away, so they need no all-reduce.
             loss = self.g_loss_fn(self.D(self._aug(fake), labels).float())
         self._check("G", loss)
         self.opt_g.zero_grad(set_to_none=True)
@@ -669,9 +749,15 @@ class Trainer:
 
         cfg = self.config
         self._resume()
+        if self.distributed:
+            dist.barrier()  # every rank has read the newest checkpoint before rank 0 writes another
         if self.resumed_from is None:
             self.save()  # step 0: a last good state exists even if the very first step diverges
-        writer = SummaryWriter(str(self.tb_dir), purge_step=self.step if self.resumed_from else None)
+        writer: Any = (
+            SummaryWriter(str(self.tb_dir), purge_step=self.step if self.resumed_from else None)
+            if self.is_main
+            else _NullWriter()
+        )
         history: list[tuple[int, float, float]] = []
         d_loss = g_loss = math.nan
         images = 0.0
@@ -710,12 +796,14 @@ class Trainer:
                         stats.get("d/fake", math.nan),
                         ips,
                     )
-                if cfg.frame_every and self.step % cfg.frame_every == 0:
+                if cfg.frame_every and self.step % cfg.frame_every == 0 and self.is_main:
                     self._frame(writer)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     path = self.save()
                     writer.flush()
             path = self.save()
+            if self.distributed:
+                dist.barrier()  # rank 0's final checkpoint is on disk before anyone hashes it
         finally:
             writer.close()
         elapsed = time.perf_counter() - t0
@@ -725,7 +813,7 @@ class Trainer:
             step=self.step,
             d_loss=d_loss,
             g_loss=g_loss,
-            images_per_s=images / elapsed if elapsed > 0 else 0.0,
+            images_per_s=images * self.world_size / elapsed if elapsed > 0 else 0.0,  # all ranks (approx.)
             checkpoint=path,
             checkpoint_sha256=sha,
             device=str(self.device),
@@ -733,3 +821,9 @@ class Trainer:
             warnings=list(self.monitor["warnings"]),
             history=history,
         )
+
+
+if __name__ == "__main__":
+    from ganmodels.cli import main
+
+    raise SystemExit(main())

@@ -1,0 +1,152 @@
+"""``python -m ganmodels.train``: train a GAN from a YAML config on a stored dataset version.
+
+Plain (one process)::
+
+    python -m ganmodels.train --config experiment.yaml --data-root s3://bucket/gan --out runs/exp1
+
+Distributed (one process per GPU, or per CPU slot with gloo)::
+
+    torchrun --nproc_per_node=2 -m ganmodels.train --config experiment.yaml --data-root ... --out runs/exp1
+
+Progress goes to stderr through ``logging``; the run resumes from ``--out`` when it holds checkpoints.
+At the end rank 0 prints exactly one JSON line on stdout (the :class:`~ganmodels.train.TrainResult`
+fields plus ``dataset_version``) for a caller such as Dagster Pipes to parse. Exit codes: 0 success,
+2 training diverged, 1 any other error (message on stderr). No Dagster in here: this runs anywhere
+PyTorch does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import math
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["build_parser", "main", "result_json"]
+
+log = logging.getLogger("ganmodels.cli")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m ganmodels.train",
+        description="Train a GAN on a dataset version; prints one JSON result line on stdout.",
+    )
+    p.add_argument("--config", required=True, help="TrainConfig YAML file")
+    p.add_argument("--data-root", required=True, help="storage root holding the datasets (file://... or s3://...)")
+    p.add_argument(
+        "--endpoint-url",
+        default=os.environ.get("GAN_S3_ENDPOINT_URL"),
+        help="S3-compatible endpoint (default: $GAN_S3_ENDPOINT_URL)",
+    )
+    p.add_argument("--dataset-version", default=None, help="dataset version (default: datasets/latest.json)")
+    p.add_argument("--out", required=True, help="run directory (checkpoints/, frames/, tensorboard/); resumed")
+    p.add_argument("--steps", type=int, default=None, help="override the config's steps (total, not additional)")
+    p.add_argument("--workers", type=int, default=2, help="data loader worker processes per rank")
+    return p
+
+
+def _world() -> tuple[int, int, int]:
+    """(rank, local_rank, world_size) from the torchrun environment; (0, 0, 1) for a plain process."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("LOCAL_RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _setup_logging(rank: int, world_size: int) -> None:
+    """INFO to stderr from rank 0; other ranks only warn, so the log reads like one run's."""
+    prefix = f"[rank {rank}] " if world_size > 1 else ""
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s %(levelname)s {prefix}%(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+
+
+def _finite_or_none(x: float) -> float | None:
+    return x if math.isfinite(x) else None  # NaN/inf are not JSON
+
+
+def result_json(result: Any, dataset_version: str, world_size: int = 1) -> str:
+    """One JSON line from a TrainResult (without the per-step history, which the TensorBoard log holds)."""
+    return json.dumps(
+        {
+            "step": result.step,
+            "d_loss": _finite_or_none(result.d_loss),
+            "g_loss": _finite_or_none(result.g_loss),
+            "images_per_s": result.images_per_s,
+            "checkpoint": str(result.checkpoint),
+            "checkpoint_sha256": result.checkpoint_sha256,
+            "device": result.device,
+            "dataset_version": dataset_version,
+            "resumed_from": result.resumed_from,
+            "world_size": world_size,
+            "warnings": list(result.warnings),
+        }
+    )
+
+
+def _init_distributed(local_rank: int) -> None:
+    """nccl on GPUs (one per local rank), gloo on CPU; rendezvous from torchrun's environment."""
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+
+
+def _train(args: argparse.Namespace, world_size: int) -> tuple[Any, str]:
+    from ganmodels.train import TrainConfig, Trainer, shard_batches
+    from pipelines.dataset import load_index
+    from pipelines.storage import StorageError, open_storage
+
+    config = TrainConfig.from_yaml(args.config)
+    if args.steps is not None:
+        config = dataclasses.replace(config, steps=args.steps)
+    try:
+        version = load_index(open_storage(args.data_root, endpoint_url=args.endpoint_url), args.dataset_version).version
+    except StorageError as e:
+        what = f"dataset version {args.dataset_version!r}" if args.dataset_version else "dataset (datasets/latest.json)"
+        raise RuntimeError(f"no {what} under {args.data_root}: {e}") from e
+    log.info("dataset %s from %s; %d rank(s); run dir %s", version, args.data_root, world_size, args.out)
+    data, names = shard_batches(
+        args.data_root, version, config, num_workers=args.workers, endpoint_url=args.endpoint_url
+    )
+    return Trainer(config, data, args.out, class_names=names).run(), version
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command; returns the exit code (0 ok, 1 error, 2 diverged)."""
+    from ganmodels.train import TrainingDiverged
+
+    args = build_parser().parse_args(argv)
+    rank, local_rank, world_size = _world()
+    _setup_logging(rank, world_size)
+    try:
+        if world_size > 1:
+            _init_distributed(local_rank)
+        result, version = _train(args, world_size)
+        if rank == 0:
+            print(result_json(result, version, world_size), flush=True)
+        return 0
+    except TrainingDiverged as e:
+        log.error("%s", e)
+        return 2
+    except Exception as e:
+        log.debug("traceback", exc_info=True)
+        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
