@@ -185,3 +185,12 @@ def test_torchrun_two_ranks_gloo(dataset, config_file, tmp_path):
     again = only_json_line(torchrun(*common, "--steps", "6"))  # the plain entry point resumes on both ranks
     assert again["step"] == 6 and again["resumed_from"] == 4 and again["world_size"] == 2
     assert_run_dir(out, again)
+
+
+def test_example_experiment_config_loads() -> None:
+    """The README's example config is valid: every key known, the negatives class the string "null"."""
+    from ganmodels.train import TrainConfig
+
+    cfg = TrainConfig.from_yaml(Path(__file__).resolve().parents[1] / "config" / "experiment.example.yaml")
+    assert cfg.negatives_class == "null" and cfg.classes == ("dogs",)
+    assert cfg.net.upsample == "resize_conv" and cfg.ema_decay == 0.999
