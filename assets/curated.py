@@ -104,7 +104,7 @@ class DatasetConfig(dg.Config):
     jpeg_quality: int = Field(95, ge=50, le=100)
     holdout_fraction: float = Field(0.05, ge=0, lt=1, description="share held out for evaluation, by hash of the key")
     seed: int = Field(0, description="shuffle seed: classes are mixed in an order derived from it")
-    shard_max_count: int = Field(10_000, ge=1)
+    shard_max_count: int = Field(2_000, ge=1, description="samples per shard; more shards = more parallel readers")
     shard_max_bytes: int = Field(256 * 2**20, ge=10240)
     preview_count: int = Field(32, ge=0, le=128)
 

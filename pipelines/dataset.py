@@ -55,7 +55,7 @@ class DatasetSettings:
     jpeg_quality: int = 95
     holdout_fraction: float = 0.05
     seed: int = 0
-    shard_max_count: int = 10_000
+    shard_max_count: int = 2_000  # small enough that every loader worker gets shards of a modest dataset
     shard_max_bytes: int = 256 * 2**20
     workers: int = field(default_factory=lambda: os.cpu_count() or 2, compare=False)
 
