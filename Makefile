@@ -27,8 +27,11 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install -q -e ".[dev]"
 	touch $@
 
+# Each experiment is trained for TRAIN_STEPS steps so the whole pipeline ends in minutes on a CPU;
+# `make run TRAIN_STEPS=` trains to the experiments' own step counts (config/experiments.yaml), resuming.
+TRAIN_STEPS ?= 200
 run: $(VENV)/.installed
-	$(BIN)/gan-pipelines run
+	$(BIN)/gan-pipelines run $(if $(TRAIN_STEPS),--train-steps $(TRAIN_STEPS))
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .

@@ -9,6 +9,7 @@ import dagster as dg
 from assets.curated import curated_images, webdataset_shards
 from assets.raw_images import raw_images
 from assets.resources import FetchResource, SourcesResource, StorageResource
+from assets.training import build_training_assets
 
 
 def _storage() -> StorageResource:
@@ -28,7 +29,12 @@ ingest_job = dg.define_asset_job(
 )
 
 defs = dg.Definitions(
-    assets=[raw_images, curated_images, webdataset_shards],
+    assets=[raw_images, curated_images, webdataset_shards, *build_training_assets()],
     jobs=[ingest_job],
-    resources={"storage": _storage(), "fetch": FetchResource(), "sources": SourcesResource()},
+    resources={
+        "storage": _storage(),
+        "fetch": FetchResource(),
+        "sources": SourcesResource(),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    },
 )

@@ -33,7 +33,13 @@ def partition_keys(asset: dg.AssetsDefinition, day: str) -> list[str | None]:
     return list(pdef.get_partition_keys())
 
 
-def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, day: str, select: set[str] | None = None) -> bool:
+def run_all(
+    defs: dg.Definitions,
+    instance: dg.DagsterInstance,
+    day: str,
+    select: set[str] | None = None,
+    run_config: dict[str, dict] | None = None,
+) -> bool:
     """Materialise each asset (and its checks) partition by partition; returns True if all succeeded.
 
     Every partition of a level is tried (one class failing does not stop the others), but the levels
@@ -53,13 +59,15 @@ def run_all(defs: dg.Definitions, instance: dg.DagsterInstance, day: str, select
         for key in sorted(level):
             if key not in by_key or (select and key.to_user_string() not in select):
                 continue
+            name = key.to_user_string()
             for pk in partition_keys(by_key[key], day):
-                label = f"{key.to_user_string()}[{pk}]" if pk else key.to_user_string()
+                label = f"{name}[{pk}]" if pk else name
                 print(f"==> materialising {label}", flush=True)
                 result = dg.materialize(
                     assets,
                     selection=[key],
                     partition_key=pk,
+                    run_config={"ops": {name: op_config}} if (op_config := (run_config or {}).get(name)) else None,
                     instance=instance,
                     resources=resources,
                     raise_on_error=False,
@@ -81,6 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     run = sub.add_parser("run", help="materialise every asset for one day (default: today, UTC)")
     run.add_argument("--date", default=datetime.now(UTC).date().isoformat())
     run.add_argument("--select", nargs="*", help="only these asset keys")
+    run.add_argument(
+        "--train-steps",
+        type=int,
+        help="train each experiment to this many steps instead of its own count (a later, larger value resumes)",
+    )
     dev = sub.add_parser("dev", help="the Dagster UI and daemon (dagster dev) on the same instance")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to dagster dev, e.g. -p 3001")
     args = parser.parse_args(argv)
@@ -94,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     from assets.definitions import defs
 
     with dg.DagsterInstance.get() as instance:
-        ok = run_all(defs, instance, args.date, set(args.select) if args.select else None)
+        overrides = {"gan_generator": {"config": {"steps": args.train_steps}}} if args.train_steps is not None else None
+        ok = run_all(defs, instance, args.date, set(args.select) if args.select else None, overrides)
     print("pipeline finished" if ok else "pipeline FAILED: see the messages above", flush=True)
     return 0 if ok else 1
 

@@ -13,6 +13,12 @@ At the end rank 0 prints exactly one JSON line on stdout (the :class:`~ganmodels
 fields plus ``dataset_version``) for a caller such as Dagster Pipes to parse. Exit codes: 0 success,
 2 training diverged, 1 any other error (message on stderr). No Dagster in here: this runs anywhere
 PyTorch does.
+
+Under Dagster Pipes (launched by a ``PipesSubprocessClient``; detected from the environment it sets, via
+the dependency-free ``dagster_pipes`` package), rank 0 also streams its log records to Dagster and, on
+success, reports the asset materialization: dataset version, config, steps, losses, images/s, device,
+checkpoint path and sha256, warnings and the last sample grid, with the checkpoint sha256 as the data
+version. Without Pipes nothing changes.
 """
 
 from __future__ import annotations
@@ -102,14 +108,21 @@ def _init_distributed(local_rank: int) -> None:
         dist.init_process_group("gloo")
 
 
-def _train(args: argparse.Namespace, world_size: int) -> tuple[Any, str]:
-    from ganmodels.train import TrainConfig, Trainer, shard_batches
-    from pipelines.dataset import load_index
-    from pipelines.storage import StorageError, open_storage
+def _load_config(args: argparse.Namespace) -> Any:
+    from ganmodels.train import TrainConfig
 
     config = TrainConfig.from_yaml(args.config)
     if args.steps is not None:
         config = dataclasses.replace(config, steps=args.steps)
+    return config
+
+
+def _train(args: argparse.Namespace, world_size: int) -> tuple[Any, str]:
+    from ganmodels.train import Trainer, shard_batches
+    from pipelines.dataset import load_index
+    from pipelines.storage import StorageError, open_storage
+
+    config = _load_config(args)
     try:
         version = load_index(open_storage(args.data_root, endpoint_url=args.endpoint_url), args.dataset_version).version
     except StorageError as e:
@@ -122,6 +135,101 @@ def _train(args: argparse.Namespace, world_size: int) -> tuple[Any, str]:
     return Trainer(config, data, args.out, class_names=names).run(), version
 
 
+# ---- Dagster Pipes (optional) -------------------------------------------------------------------------
+
+_MAX_INLINE_PNG = 1_000_000  # bytes; a bigger sample grid is downscaled before it goes into the metadata
+
+
+def _is_pipes_process() -> bool:
+    """Whether a Dagster Pipes orchestrator launched this process (its context is in the environment)."""
+    try:
+        from dagster_pipes import PipesEnvVarParamsLoader
+    except ImportError:  # a training-only install without dagster-pipes
+        return False
+    return PipesEnvVarParamsLoader().is_dagster_pipes_process()
+
+
+class _PipesLogHandler(logging.Handler):
+    """Forwards log records to Dagster through ``pipes.log`` (a logger outside the root hierarchy)."""
+
+    def __init__(self, pipes: Any) -> None:
+        super().__init__(level=logging.INFO)
+        self.pipes = pipes
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.pipes.log.log(record.levelno, "%s: %s", record.name, record.getMessage())
+        except Exception:  # never let reporting break training
+            self.handleError(record)
+
+
+def _open_pipes() -> tuple[Any, logging.Handler] | None:
+    """Open the Pipes connection and forward logging to it; None outside Pipes."""
+    if not _is_pipes_process():
+        return None
+    from dagster_pipes import open_dagster_pipes
+
+    pipes = open_dagster_pipes()
+    handler = _PipesLogHandler(pipes)
+    logging.getLogger().addHandler(handler)
+    return pipes, handler
+
+
+def _close_pipes(opened: tuple[Any, logging.Handler]) -> None:
+    pipes, handler = opened
+    logging.getLogger().removeHandler(handler)
+    pipes.close()
+
+
+def _sample_grid_md(out_dir: str) -> str | None:
+    """The newest sample grid in ``out_dir/frames`` as an inline Markdown image, or None."""
+    import base64
+    import io
+    from pathlib import Path
+
+    frames = sorted(Path(out_dir, "frames").glob("step-*.png"))
+    if not frames:
+        return None
+    png = frames[-1].read_bytes()
+    if len(png) > _MAX_INLINE_PNG:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(png)) as im:
+            while len(png) > _MAX_INLINE_PNG and min(im.size) > 16:
+                im = im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS)
+                buf = io.BytesIO()
+                im.save(buf, format="PNG", optimize=True)
+                png = buf.getvalue()
+    return f"![samples {frames[-1].stem}](data:image/png;base64,{base64.b64encode(png).decode()})"
+
+
+def _typed(value: Any, kind: str) -> dict[str, Any]:
+    """A Pipes metadata value of an explicit type; ``null`` when there is no value (e.g. a NaN loss)."""
+    return {"raw_value": value, "type": kind if value is not None else "null"}
+
+
+def _report_materialization(pipes: Any, args: argparse.Namespace, result: Any, version: str) -> None:
+    """The asset materialization for Dagster; its data version is the checkpoint's sha256."""
+    config = _load_config(args)
+    metadata: dict[str, Any] = {
+        "dataset_version": version,
+        "experiment_config": {"raw_value": config.to_dict(), "type": "json"},
+        "steps": result.step,
+        "resumed_from": _typed(result.resumed_from, "int"),
+        "d_loss": _typed(_finite_or_none(result.d_loss), "float"),
+        "g_loss": _typed(_finite_or_none(result.g_loss), "float"),
+        "images_per_s": float(result.images_per_s),
+        "device": result.device,
+        "checkpoint": {"raw_value": str(result.checkpoint), "type": "path"},
+        "checkpoint_sha256": result.checkpoint_sha256,
+        "warnings": {"raw_value": list(result.warnings), "type": "json"},
+    }
+    grid = _sample_grid_md(args.out)
+    if grid:
+        metadata["samples"] = {"raw_value": grid, "type": "md"}
+    pipes.report_asset_materialization(metadata=metadata, data_version=result.checkpoint_sha256)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (0 ok, 1 error, 2 diverged)."""
     from ganmodels.train import TrainingDiverged
@@ -129,12 +237,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rank, local_rank, world_size = _world()
     _setup_logging(rank, world_size)
+    pipes = _open_pipes() if rank == 0 else None  # one Pipes writer: rank 0 speaks for the run
     try:
         if world_size > 1:
             _init_distributed(local_rank)
         result, version = _train(args, world_size)
         if rank == 0:
             print(result_json(result, version, world_size), flush=True)
+            if pipes is not None:
+                _report_materialization(pipes[0], args, result, version)
         return 0
     except TrainingDiverged as e:
         log.error("%s", e)
@@ -142,10 +253,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as e:
         log.debug("traceback", exc_info=True)
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        if pipes is not None:
+            pipes[0].log.error("error: %s: %s", type(e).__name__, e)
         return 1
     finally:
         if dist.is_available() and dist.is_initialized():
             dist.destroy_process_group()
+        if pipes is not None:
+            _close_pipes(pipes)
 
 
 if __name__ == "__main__":

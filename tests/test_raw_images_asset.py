@@ -27,6 +27,7 @@ from tests.fakeweb import FakeWeb, free_port, make_image_bytes
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2026-11-20"
+IMAGES = 10  # per class in the air-gapped whole-pipeline run: enough for a few training batches
 
 
 def web_sources(fw: FakeWeb, quota: int = 6) -> dict:
@@ -158,7 +159,7 @@ def test_definitions_load_and_name_every_asset():
     defs.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     assert dg.AssetKey("raw_images") in graph.get_all_asset_keys()
-    assert set(defs.resources or {}) == {"storage", "fetch", "sources"}
+    assert set(defs.resources or {}) == {"storage", "fetch", "sources", "pipes_subprocess_client"}
 
 
 def _env(tmp_path: Path, sources_file: str) -> dict[str, str]:
@@ -180,7 +181,7 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
     for class_name in ("dogs", "null", "satellite"):
         folder = tmp_path / "images" / class_name
         folder.mkdir(parents=True)
-        for i in range(3):
+        for i in range(IMAGES):
             (folder / f"{i}.jpg").write_bytes(make_image_bytes(f"cli/{class_name}/{i}", (96, 80)))
     spec = {
         "classes": {
@@ -189,6 +190,10 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
         }
     }
     env = _env(tmp_path, write_sources(tmp_path / "s.yaml", spec))
+    tiny = {"net": {"resolution": 64, "width": 4, "latent_dim": 16}, "classes": ["dogs"], "negatives_class": "null"}
+    tiny |= {"batch_size": 4, "steps": 50, "threads": 1, "checkpoint_every": 1, "frame_every": 1, "log_every": 1}
+    (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"tiny_dogs": tiny}))
+    env.update(GAN_EXPERIMENTS_FILE=str(tmp_path / "experiments.yaml"), GAN_RUNS_DIR=str(tmp_path / "runs"))
     bindir = Path(sys.executable).parent
 
     validate = [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"]
@@ -200,10 +205,10 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
         [*cli, "--partition", f"dogs|{DAY}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=240
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert len(manifest(tmp_path, "dogs")) == 3
+    assert len(manifest(tmp_path, "dogs")) == IMAGES
 
     proc = subprocess.run(
-        [str(bindir / "gan-pipelines"), "run", "--date", DAY],
+        [str(bindir / "gan-pipelines"), "run", "--date", DAY, "--train-steps", "2"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -214,11 +219,14 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
     assert "pipeline finished" in proc.stdout
     for class_name in ("dogs", "null", "satellite"):
         rows = manifest(tmp_path, class_name)
-        assert [r["status"] for r in rows] == ["ok"] * 3
+        assert [r["status"] for r in rows] == ["ok"] * IMAGES
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as inst:  # runs recorded in the SQLite instance
         runs = inst.get_runs()
-        assert len(runs) == 6 and all(r.is_success for r in runs)  # 1 CLI + 3 raw partitions + curated + shards
+        assert len(runs) == 7 and all(r.is_success for r in runs)  # CLI + 3 raw partitions + curated + shards + GAN
+        record = inst.get_latest_materialization_event(dg.AssetKey("gan_generator"))
+        assert record.asset_materialization.metadata["steps"].value == 2  # --train-steps overrides the experiment
     assert (tmp_path / "data" / "datasets" / "latest.json").is_file()
+    assert list((tmp_path / "data" / "runs").rglob("step-00000002.pt"))  # runs live in a local storage root
 
 
 def test_preview_image_is_a_real_png(tmp_path, fakeweb, instance):
