@@ -10,18 +10,17 @@ skipped with a warning in favour of the one before it.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from pipelines.storage import atomic_file
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +41,9 @@ def list_checkpoints(directory: Path) -> list[tuple[int, Path]]:
 
 def save_checkpoint(directory: Path, step: int, state: dict[str, Any], *, keep: int = 3) -> Path:
     """Write ``state`` atomically as the checkpoint of ``step``; keep only the newest ``keep``."""
-    directory.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(directory, step)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save({"step": step, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        torch.save({"step": step, **state}, f)
     if keep > 0:
         for _, old in list_checkpoints(directory)[:-keep]:
             old.unlink(missing_ok=True)

@@ -8,15 +8,14 @@ so a kill mid-write never leaves a truncated PNG behind.
 
 from __future__ import annotations
 
-import contextlib
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from pipelines.storage import atomic_file
 
 __all__ = ["frame_path", "grid_size", "make_grid", "mean_pairwise_distance", "save_frame"]
 
@@ -55,18 +54,8 @@ def frame_path(directory: Path, step: int) -> Path:
 def save_frame(image: Image.Image, path: Path) -> Path:
     """Write ``image`` as PNG to ``path`` atomically (temp file in the same directory, fsync, rename)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:
+        image.save(f, format="PNG")
     return path
 
 

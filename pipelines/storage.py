@@ -56,6 +56,28 @@ def content_key(sha256: str, ext: str, prefix: str = "raw/images") -> str:
     return f"{prefix}/{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext}"
 
 
+@contextlib.contextmanager
+def atomic_file(path: Path, *, fsync: bool = True) -> Iterator[IO[bytes]]:
+    """Write ``path`` all or nothing: a temp file in the same directory, fsynced, renamed over it.
+
+    A crash or an exception at any point leaves the old file (or none), never a partial one; the
+    hidden ``.<name>.*.tmp`` a kill may leave behind is ignored by :meth:`LocalStorage.list`.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            if fsync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
 class LocalStorage:
     """A directory tree. Atomic writes by temp file in the same directory + ``os.replace``."""
 
@@ -83,22 +105,8 @@ class LocalStorage:
         except FileNotFoundError as e:
             raise StorageError(f"no object {self.uri(key)}") from e
 
-    @contextlib.contextmanager
-    def open_write(self, key: str) -> Iterator[IO[bytes]]:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                yield f
-                f.flush()
-                if self.fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+    def open_write(self, key: str) -> contextlib.AbstractContextManager[IO[bytes]]:
+        return atomic_file(self._path(key), fsync=self.fsync)
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
