@@ -315,8 +315,8 @@ def shard_batches(
     missing = [c for c in wanted if c not in names]
     if missing:
         raise ValueError(f"classes {missing} are not in dataset {index.version} (it has {names})")
-    resolution = index.index.get("preprocessing", {}).get("resolution")
-    if resolution is not None and resolution != config.net.resolution:
+    resolution = index.index["preprocessing"]["resolution"]
+    if resolution != config.net.resolution:
         raise ValueError(
             f"dataset {index.version} holds {resolution} px images but the experiment's net is "
             f"{config.net.resolution} px: set net.resolution to {resolution}, or build a dataset at "

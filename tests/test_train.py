@@ -19,6 +19,7 @@ from ganmodels.checkpoint import list_checkpoints, load_checkpoint
 from ganmodels.frames import grid_size, make_grid
 from ganmodels.nets import NetConfig
 from ganmodels.train import TrainConfig, Trainer, TrainingDiverged
+from tests.tiny_dataset import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "null"]
@@ -321,31 +322,8 @@ def test_tensorboard_scalars_and_images(tmp_path):
 # ---- the real shard loader --------------------------------------------------------------------------------
 
 
-def _write_dataset(root: Path, n: int = 24) -> str:
-    import dataclasses
-    import io
-
-    import numpy as np
-
-    from pipelines.dataset import index_key
-    from pipelines.shards import write_shards
-    from pipelines.storage import LocalStorage
-
-    storage = LocalStorage(root)
-    rng = np.random.default_rng(0)
-    samples = []
-    for i in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
-        samples.append({"__key__": f"{i:064x}", "png": buf.getvalue(), "cls": i % 3})
-    infos = write_shards(storage, samples, max_count=8)
-    index = {"classes": CLASSES, "splits": {"train": [dataclasses.asdict(i) for i in infos], "holdout": []}}
-    storage.put_bytes(index_key("v1"), json.dumps(index).encode())
-    return "v1"
-
-
 def test_shard_batches_train_with_negatives_and_reseed_on_resume(tmp_path):
-    version = _write_dataset(tmp_path / "store")
+    version = write_dataset(tmp_path / "store", n=24)
     cfg = tiny_config(steps=2, negatives_class="null")
     data, names = train_mod.shard_batches(str(tmp_path / "store"), version, cfg, num_workers=0, shuffle_buffer=4)
     assert names == CLASSES

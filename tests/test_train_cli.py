@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import dataclasses
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import yaml
-from PIL import Image
 
 from ganmodels.checkpoint import file_sha256, list_checkpoints, load_checkpoint
+from tests.tiny_dataset import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ["cat", "dog", "null"]
 
 CONFIG = {
     "net": {"resolution": 32, "width": 8, "latent_dim": 16},
@@ -53,26 +49,6 @@ from ganmodels.cli import main
 
 raise SystemExit(main(sys.argv[1:]))
 """
-
-
-def write_dataset(root: Path, n: int = 64, per_shard: int = 8) -> str:
-    """A tiny dataset version (n random 32x32 PNGs, 3 classes) with datasets/latest.json pointing at it."""
-    from pipelines.dataset import LATEST_KEY, index_key
-    from pipelines.shards import write_shards
-    from pipelines.storage import LocalStorage
-
-    storage = LocalStorage(root)
-    rng = np.random.default_rng(0)
-    samples = []
-    for i in range(n):
-        buf = io.BytesIO()
-        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
-        samples.append({"__key__": f"{i:064x}", "png": buf.getvalue(), "cls": i % 3})
-    infos = write_shards(storage, samples, max_count=per_shard)
-    index = {"classes": CLASSES, "splits": {"train": [dataclasses.asdict(i) for i in infos], "holdout": []}}
-    storage.put_bytes(index_key("v1"), json.dumps(index).encode())
-    storage.put_bytes(LATEST_KEY, json.dumps({"version": "v1", "index": index_key("v1")}).encode())
-    return "v1"
 
 
 @pytest.fixture(scope="module")

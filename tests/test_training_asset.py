@@ -15,7 +15,7 @@ from assets.training import build_training_assets, load_experiments, model_key
 from ganmodels.checkpoint import file_sha256, load_checkpoint
 from ganmodels.train import TrainConfig
 from pipelines.storage import LocalStorage
-from tests.test_train_cli import write_dataset
+from tests.tiny_dataset import write_dataset
 
 TINY = {
     "net": {"resolution": 32, "width": 8, "latent_dim": 16},

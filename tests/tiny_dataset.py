@@ -1,0 +1,37 @@
+"""A tiny dataset version written the way webdataset_shards writes one, for the training tests."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pipelines.dataset import LATEST_KEY, index_key
+from pipelines.shards import write_shards
+from pipelines.storage import LocalStorage
+
+CLASSES = ["cat", "dog", "null"]
+
+
+def write_dataset(root: Path, n: int = 64, per_shard: int = 8, resolution: int = 32) -> str:
+    """n random RGB PNGs of ``resolution`` px in 3 classes, as version "v1", with datasets/latest.json naming it."""
+    storage = LocalStorage(root)
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(buf, format="PNG")
+        samples.append({"__key__": f"{i:064x}", "png": buf.getvalue(), "cls": i % 3})
+    infos = write_shards(storage, samples, max_count=per_shard)
+    index = {
+        "classes": CLASSES,
+        "preprocessing": {"resolution": resolution, "image_format": "png"},
+        "splits": {"train": [dataclasses.asdict(i) for i in infos], "holdout": []},
+    }
+    storage.put_bytes(index_key("v1"), json.dumps(index).encode())
+    storage.put_bytes(LATEST_KEY, json.dumps({"version": "v1", "index": index_key("v1")}).encode())
+    return "v1"
