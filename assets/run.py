@@ -87,7 +87,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gan-pipelines", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="materialise every asset for one day (default: today, UTC)")
-    run.add_argument("--date", default=datetime.now(UTC).date().isoformat(), help="the day to fill (default: today, UTC)")
+    run.add_argument(
+        "--date", default=datetime.now(UTC).date().isoformat(), help="the day to fill (default: today, UTC)"
+    )
     run.add_argument("--select", nargs="*", help="only these asset keys")
     run.add_argument(
         "--train-steps",
