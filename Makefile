@@ -9,7 +9,7 @@ TORCH_VERSION   ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run test lint bench bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards dev clean
+.PHONY: run test lint bench bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards bench-fid bench-timelapse bench-train-speed bench-train-quality dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,13 +25,17 @@ $(VENV)/.torch: | $(BIN)/python
 
 $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q --no-deps --upgrade --target $(VENV)/reference "torch-fidelity==0.4.0"
 	touch $@
 
 # Each experiment is trained for TRAIN_STEPS steps so the whole pipeline ends in minutes on a CPU;
 # `make run TRAIN_STEPS=` trains to the experiments' own step counts (config/experiments.yaml), resuming.
+# Likewise each checkpoint is scored on EVAL_SAMPLES generated images (FID/KID); `make run EVAL_SAMPLES=`
+# uses gan_evaluation's own default (1000).
 TRAIN_STEPS ?= 200
+EVAL_SAMPLES ?= 256
 run: $(VENV)/.installed
-	$(BIN)/gan-pipelines run $(if $(TRAIN_STEPS),--train-steps $(TRAIN_STEPS))
+	$(BIN)/gan-pipelines run $(if $(TRAIN_STEPS),--train-steps $(TRAIN_STEPS)) $(if $(EVAL_SAMPLES),--eval-samples $(EVAL_SAMPLES))
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check .
@@ -42,9 +46,9 @@ lint: $(VENV)/.installed
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 # Benchmarks are run by hand; figures go to benchmarks/README.md. The real-image ones read ../shared/fixtures.
-bench: bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards
+bench: bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards bench-fid bench-timelapse bench-train-speed bench-train-quality
 
-bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards: $(VENV)/.installed
+bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards bench-fid bench-timelapse bench-train-speed bench-train-quality: $(VENV)/.installed
 	$(BIN)/python benchmarks/$(subst -,_,$(subst bench-,bench_,$@)).py
 
 dev: $(VENV)/.installed

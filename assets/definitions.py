@@ -8,7 +8,7 @@ import dagster as dg
 
 from assets.curated import curated_images, webdataset_shards
 from assets.raw_images import raw_images
-from assets.resources import FetchResource, SourcesResource, StorageResource
+from assets.resources import FetchResource, FIDResource, SourcesResource, StorageResource
 from assets.training import build_training_assets
 
 
@@ -28,13 +28,23 @@ ingest_job = dg.define_asset_job(
     description="Fetch new raw images for one class and day.",
 )
 
+# Runs gan_evaluation and training_timelapse when their experiment's generator changes (their eager
+# automation conditions); on by default, unlike the sensor Dagster would otherwise create switched off.
+model_automation = dg.AutomationConditionSensorDefinition(
+    "model_automation",
+    target=dg.AssetSelection.assets("gan_evaluation", "training_timelapse"),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+)
+
 defs = dg.Definitions(
     assets=[raw_images, curated_images, webdataset_shards, *build_training_assets()],
     jobs=[ingest_job],
+    sensors=[model_automation],
     resources={
         "storage": _storage(),
         "fetch": FetchResource(),
         "sources": SourcesResource(),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "fid": FIDResource(),
     },
 )

@@ -1,5 +1,8 @@
 """Dagster resources wrapping the data library: storage, the HTTP fetcher, and the sources file."""
 
+import os
+from pathlib import Path
+
 import dagster as dg
 from pydantic import Field
 
@@ -74,3 +77,22 @@ class SourcesResource(dg.ConfigurableResource):
 
     def load(self) -> SourcesFile:
         return load_sources_file(self.path)
+
+
+class FIDResource(dg.ConfigurableResource):
+    """The FID Inception-v3 weights: a file path, else the cache directory, else a download (sha256-checked).
+
+    On an offline machine set ``GAN_FID_WEIGHTS`` to a copy of ``weights-inception-2015-12-05-6726825d.pth``
+    (see the README's troubleshooting section).
+    """
+
+    weights_path: str | None = Field(None, description="the weights file; default $GAN_FID_WEIGHTS")
+    cache_dir: str | None = Field(None, description="where downloads go; default $GAN_FID_WEIGHTS_CACHE or ~/.cache")
+    allow_download: bool = Field(True, description="download the weights from the standard URL when missing")
+    device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda:N'")
+
+    def resolve(self) -> Path:
+        from ganmodels.inception import resolve_weights
+
+        path = self.weights_path or os.environ.get("GAN_FID_WEIGHTS") or None
+        return resolve_weights(path, self.cache_dir, allow_download=self.allow_download)

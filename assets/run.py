@@ -96,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="train each experiment to this many steps instead of its own count (a later, larger value resumes)",
     )
+    run.add_argument(
+        "--eval-samples",
+        type=int,
+        help="generated images per checkpoint for FID/KID (default: gan_evaluation's own, 1000)",
+    )
     dev = sub.add_parser("dev", help="the Dagster UI and daemon (dagster dev) on the same instance")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to dagster dev, e.g. -p 3001")
     args = parser.parse_args(argv)
@@ -109,8 +114,12 @@ def main(argv: list[str] | None = None) -> int:
     from assets.definitions import defs
 
     with dg.DagsterInstance.get() as instance:
-        overrides = {"gan_generator": {"config": {"steps": args.train_steps}}} if args.train_steps is not None else None
-        ok = run_all(defs, instance, args.date, set(args.select) if args.select else None, overrides)
+        overrides: dict[str, dict] = {}
+        if args.train_steps is not None:
+            overrides["gan_generator"] = {"config": {"steps": args.train_steps}}
+        if args.eval_samples is not None:
+            overrides["gan_evaluation"] = {"config": {"num_samples": args.eval_samples}}
+        ok = run_all(defs, instance, args.date, set(args.select) if args.select else None, overrides or None)
     print("pipeline finished" if ok else "pipeline FAILED: see the messages above", flush=True)
     return 0 if ok else 1
 

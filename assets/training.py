@@ -27,7 +27,6 @@ To retrain from scratch, delete the run directory.
 import hashlib
 import json
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,11 +36,12 @@ import yaml
 from pydantic import Field
 
 from assets.curated import webdataset_shards
+from assets.evaluation import build_evaluation_assets
 from assets.resources import StorageResource
 from assets.settings import project_dir
 from ganmodels.train import TrainConfig
 from pipelines.dataset import load_index
-from pipelines.storage import LocalStorage, Storage
+from pipelines.storage import LocalStorage, Storage, upload_file
 
 __all__ = [
     "TrainingConfig",
@@ -107,11 +107,9 @@ def model_key(experiment: str, sha256: str) -> str:
 
 
 def _upload(store: Storage, path: Path, key: str) -> None:
-    """Copy a local file into storage (streamed; skipped when the content-addressed key already exists)."""
-    if store.exists(key):
-        return
-    with path.open("rb") as src, store.open_write(key) as dst:
-        shutil.copyfileobj(src, dst, length=8 * 2**20)
+    """Copy a checkpoint into storage, skipped when its content-addressed key is already there."""
+    if not store.exists(key):
+        upload_file(store, path, key)
 
 
 def _previous_if_unchanged(
@@ -232,4 +230,4 @@ def build_training_assets(experiments_path: str | Path | None = None) -> list[dg
             check_results=result.check_results,
         )
 
-    return [gan_generator]
+    return [gan_generator, *build_evaluation_assets(partitions)]

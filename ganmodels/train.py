@@ -39,6 +39,13 @@ are split off each real batch and shown to D as extra negatives (``negative_logi
 ``negative_weight``) instead of as reals; G is never asked to generate that class. Load that class's
 shards with the others (``shard_batches`` does so) so that they arrive in the batches.
 
+Class-conditional labels
+------------------------
+A conditional net's label ``i`` is the ``i``-th trained class (``classes``, or every data class but the
+negatives class), whatever id the dataset gives it, so ``net.num_classes`` counts trained classes and a
+subset of a dataset's classes trains a smaller label space. Extra negatives shown to a conditional D
+carry a random trained label ("not an image of class c").
+
 Failure detection
 -----------------
 A NaN/inf loss raises :class:`TrainingDiverged` before the optimiser step; nothing is saved after the
@@ -353,7 +360,10 @@ def _grad_norm(module: nn.Module) -> float:
 
 
 class Trainer:
-    """Trains G and D on ``data`` into ``out_dir`` (checkpoints/, frames/, tensorboard/).
+    """Trains G and D on ``data`` into ``out_dir`` (checkpoints/, generators/, frames/, tensorboard/).
+
+    ``generators/step-N.pt`` holds, for every checkpoint step, only the sampling generator (EMA G when
+    EMA is on) with its net config and class names: what evaluation needs, never pruned.
 
     ``class_names`` maps label index -> class name for the data's labels (defaults to
     ``config.classes``); it is needed to resolve ``classes`` and ``negatives_class`` to label indices.
@@ -373,6 +383,7 @@ class Trainer:
         self.ckpt_dir = self.out_dir / "checkpoints"
         self.frames_dir = self.out_dir / "frames"
         self.tb_dir = self.out_dir / "tensorboard"
+        self.gen_dir = self.out_dir / "generators"
 
         names = list(class_names) if class_names is not None else list(cfg.classes or [])
         self.class_names = names
@@ -380,13 +391,19 @@ class Trainer:
         for c in trained + ([cfg.negatives_class] if cfg.negatives_class else []):
             if c not in names:
                 raise ValueError(f"class {c!r} is not among the data's classes {names}")
-        self.train_labels = torch.tensor([names.index(c) for c in trained], dtype=torch.int64)
+        # A conditional net's label i is the i-th trained class (``self.trained``), whatever the data's ids:
+        # data labels are mapped through ``label_map`` (data id -> net label, -1 for the negatives class).
+        self.trained = trained
+        self.label_map = torch.full((max(len(names), 1),), -1, dtype=torch.int64)
+        for i, c in enumerate(trained):
+            self.label_map[names.index(c)] = i
+        self.train_labels = torch.arange(len(trained), dtype=torch.int64)
         self.negative_label = names.index(cfg.negatives_class) if cfg.negatives_class else None
         if cfg.net.conditional:
             if not trained:
                 raise ValueError("a conditional net needs class names (config.classes or class_names)")
-            if cfg.net.num_classes < len(names):
-                raise ValueError(f"net.num_classes={cfg.net.num_classes} < {len(names)} data classes")
+            if cfg.net.num_classes < len(trained):
+                raise ValueError(f"net.num_classes={cfg.net.num_classes} < {len(trained)} trained classes {trained}")
 
         # Under torchrun (a process group is up): every rank trains, only rank 0 writes (module docstring).
         self.distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
@@ -519,6 +536,11 @@ class Trainer:
         """Write a checkpoint (rank 0 only; other ranks get the path rank 0 writes)."""
         if not self.is_main:
             return checkpoint_path(self.ckpt_dir, self.step)
+        # The sampling generator of this step, kept forever (small) for evaluation over steps; written
+        # first, so every checkpoint has its snapshot.
+        net = self.ema.module if self.ema is not None else self.G
+        snapshot = {"net": dataclasses.asdict(self.config.net), "classes": list(self.trained), "G": net.state_dict()}
+        save_checkpoint(self.gen_dir, self.step, {**snapshot, "ema": self.ema is not None}, keep=0)
         return save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), keep=self.config.keep_checkpoints)
 
     def _resume(self) -> None:
@@ -552,13 +574,19 @@ class Trainer:
         for _ in range(100):
             images, labels = self._next_batch()
             images = images.to(self.device, non_blocking=True).to(memory_format=self.memory_format)
-            labels = labels.to(self.device)
             negatives = None
             if self.negative_label is not None:
-                is_neg = labels == self.negative_label
+                is_neg = labels == self.negative_label  # labels stay on the CPU until mapped
                 if bool(is_neg.any()):
-                    negatives = images[is_neg]
-                    images, labels = images[~is_neg], labels[~is_neg]
+                    negatives = images[is_neg.to(self.device)]
+                    images, labels = images[~is_neg.to(self.device)], labels[~is_neg]
+            mapped = self.label_map[labels]
+            if self.config.net.conditional and bool((mapped < 0).any()):
+                bad = sorted({self.class_names[i] for i in labels[mapped < 0].tolist()})
+                raise ValueError(
+                    f"a batch holds class {', '.join(map(repr, bad))}, which is not trained: filter the data"
+                )
+            labels = mapped.to(self.device)
             if images.shape[0] > 0:
                 return images, labels, negatives
         raise RuntimeError("100 batches in a row held only negatives-class samples")
@@ -614,11 +642,8 @@ class Trainer:
                 fake = self.replay.mix(fake, cfg.replay_share)
         real_in, fake_in = self._aug(real), self._aug(fake)
         neg_in = self._aug(negatives) if negatives is not None else None
-        neg_labels = (
-            torch.full((neg_in.shape[0],), self.negative_label, device=self.device)
-            if neg_in is not None and cond
-            else None
-        )
+        # A conditional D sees each negative as "not an image of class c" for a random trained class c.
+        neg_labels = self._fake_labels(neg_in.shape[0]) if neg_in is not None and cond else None
         with self._autocast():
             if cfg.mixed_batch:
                 parts = [real_in, fake_in] + ([neg_in] if neg_in is not None else [])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -237,3 +238,9 @@ def open_storage(root_url: str, *, endpoint_url: str | None = None, region_name:
     if parsed.scheme == "" or len(parsed.scheme) == 1:  # a plain path (or a Windows drive letter)
         return LocalStorage(root_url)
     raise ValueError(f"unsupported storage root {root_url!r}: use file://... or s3://bucket/prefix")
+
+
+def upload_file(store: Storage, path: str | Path, key: str) -> None:
+    """Copy a local file into storage, streamed (atomic like every write: temp + rename, or S3 multipart)."""
+    with Path(path).open("rb") as src, store.open_write(key) as dst:
+        shutil.copyfileobj(src, dst, length=8 * 2**20)

@@ -92,3 +92,11 @@ def instance(tmp_path: Path) -> Iterator[dg.DagsterInstance]:
     (tmp_path / "dagster_home").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster_home")) as inst:
         yield inst
+
+
+@pytest.fixture(scope="session")
+def fid_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """FID Inception-v3 weights (seeded random init: the real file cannot be downloaded here)."""
+    from tests.fid_weights import write_random_weights
+
+    return write_random_weights(tmp_path_factory.mktemp("fid") / "random-inception.pth")

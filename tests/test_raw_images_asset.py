@@ -6,6 +6,7 @@ These run the real asset, resources and check through ``dg.materialize`` (and on
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import subprocess
@@ -22,6 +23,7 @@ from assets.curated import curated_images, webdataset_shards
 from assets.definitions import defs
 from assets.raw_images import raw_images
 from assets.resources import FetchResource, SourcesResource, StorageResource
+from pipelines.dataset import DatasetSettings, in_holdout
 from pipelines.manifest import COLUMNS
 from tests.fakeweb import FakeWeb, free_port, make_image_bytes
 
@@ -159,7 +161,7 @@ def test_definitions_load_and_name_every_asset():
     defs.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     assert dg.AssetKey("raw_images") in graph.get_all_asset_keys()
-    assert set(defs.resources or {}) == {"storage", "fetch", "sources", "pipes_subprocess_client"}
+    assert set(defs.resources or {}) == {"storage", "fetch", "sources", "pipes_subprocess_client", "fid"}
 
 
 def _env(tmp_path: Path, sources_file: str) -> dict[str, str]:
@@ -175,14 +177,29 @@ def _env(tmp_path: Path, sources_file: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
+def _images_with_holdout(class_name: str, holdout: int = 2) -> list[bytes]:
+    """IMAGES distinct images of which ``holdout`` fall in the default holdout split (evaluation needs them)."""
+    held, train = [], []
+    for i in range(10_000):
+        data = make_image_bytes(f"cli/{class_name}/{i}", (96, 80))
+        in_h = in_holdout(hashlib.sha256(data).hexdigest(), DatasetSettings().holdout_fraction)
+        if in_h and len(held) < holdout:
+            held.append(data)
+        elif not in_h and len(train) < IMAGES - holdout:
+            train.append(data)
+        if len(held) + len(train) == IMAGES:
+            return held + train
+    raise AssertionError("not enough holdout images")
+
+
+def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path, fid_weights):
     """workspace.yaml loads, ``dagster asset materialize`` works from the repo root, and so does the README's
-    ``gan-pipelines run`` (every asset, every class), on an air-gapped sources file."""
+    ``gan-pipelines run`` (every asset, every class, evaluation and time-lapse included), air-gapped."""
     for class_name in ("dogs", "null", "satellite"):
         folder = tmp_path / "images" / class_name
         folder.mkdir(parents=True)
-        for i in range(IMAGES):
-            (folder / f"{i}.jpg").write_bytes(make_image_bytes(f"cli/{class_name}/{i}", (96, 80)))
+        for i, data in enumerate(_images_with_holdout(class_name)):
+            (folder / f"{i}.jpg").write_bytes(data)
     spec = {
         "classes": {
             c: [{"name": f"local_{c}", "kind": "local_dir", "path": f"images/{c}"}]
@@ -194,6 +211,7 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
     tiny |= {"batch_size": 4, "steps": 50, "threads": 1, "checkpoint_every": 1, "frame_every": 1, "log_every": 1}
     (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"tiny_dogs": tiny}))
     env.update(GAN_EXPERIMENTS_FILE=str(tmp_path / "experiments.yaml"), GAN_RUNS_DIR=str(tmp_path / "runs"))
+    env.update(GAN_FID_WEIGHTS=str(fid_weights))  # offline: the weights cannot be downloaded
     bindir = Path(sys.executable).parent
 
     validate = [str(bindir / "dagster"), "definitions", "validate", "-w", "workspace.yaml"]
@@ -208,7 +226,7 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
     assert len(manifest(tmp_path, "dogs")) == IMAGES
 
     proc = subprocess.run(
-        [str(bindir / "gan-pipelines"), "run", "--date", DAY, "--train-steps", "2"],
+        [str(bindir / "gan-pipelines"), "run", "--date", DAY, "--train-steps", "2", "--eval-samples", "4"],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -222,9 +240,13 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path):
         assert [r["status"] for r in rows] == ["ok"] * IMAGES
     with dg.DagsterInstance.from_config(str(tmp_path / "home")) as inst:  # runs recorded in the SQLite instance
         runs = inst.get_runs()
-        assert len(runs) == 7 and all(r.is_success for r in runs)  # CLI + 3 raw partitions + curated + shards + GAN
+        # CLI + 3 raw partitions + curated + shards + GAN + evaluation + time-lapse
+        assert len(runs) == 9 and all(r.is_success for r in runs)
         record = inst.get_latest_materialization_event(dg.AssetKey("gan_generator"))
         assert record.asset_materialization.metadata["steps"].value == 2  # --train-steps overrides the experiment
+        evaluation = inst.get_latest_materialization_event(dg.AssetKey("gan_evaluation")).asset_materialization
+        assert evaluation.metadata["num_samples"].value == 4 and evaluation.metadata["num_real"].value == 2
+        assert inst.get_latest_materialization_event(dg.AssetKey("training_timelapse")) is not None
     assert (tmp_path / "data" / "datasets" / "latest.json").is_file()
     assert list((tmp_path / "data" / "runs").rglob("step-00000002.pt"))  # runs live in a local storage root
 

@@ -149,7 +149,7 @@ from tests.test_train import CLASSES, StepData, tiny_config
 orig = T.save_checkpoint
 def save_then_hang(directory, step, state, keep=3):
     path = orig(directory, step, state, keep=keep)
-    if step == {kill_at}:
+    if step == {kill_at} and directory.name == "checkpoints":
         print("SAVED", step, flush=True)
         time.sleep(600)
     return path
@@ -174,6 +174,7 @@ def test_resume_after_sigkill_is_bit_for_bit(tmp_path):
         proc.wait(timeout=30)
     assert proc.returncode == -signal.SIGKILL
     assert [s for s, _ in list_checkpoints(out / "checkpoints")] == [0, 3]
+    assert [s for s, _ in list_checkpoints(out / "generators")] == [0, 3]
     resumed = run(tiny_config(**overrides), out)
     assert resumed.resumed_from == 3
     assert resumed.history == straight.history[3:]
@@ -227,6 +228,38 @@ def test_negatives_are_split_off_the_real_batch(tmp_path):
     assert real.shape[0] == 8 - n_null and (real_labels != 2).all()
     assert (negatives.shape[0] if negatives is not None else 0) == n_null
     assert torch.equal(real, images[labels != 2])
+
+
+class DogNullData(StepData):
+    """StepData whose labels are only the data ids 1 (dog) and 2 (null)."""
+
+    def batch_at(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = super().batch_at(i)
+        return images, 1 + labels % 2
+
+
+def test_conditional_labels_index_the_trained_classes(tmp_path):
+    """Training a subset (dog, null) of the data's classes: net labels are 0..1, not the data's ids 1..2."""
+    cfg = tiny_config(classes=["dog", "null"], net={"num_classes": 2}, steps=2)
+    trainer = Trainer(cfg, DogNullData(), tmp_path, class_names=CLASSES)
+    assert trainer.label_map.tolist() == [-1, 0, 1]
+    _, labels = DogNullData().batch_at(0)
+    _, real_labels, _ = trainer._real_batch()
+    assert torch.equal(real_labels, labels - 1)
+    trainer.run()
+    snaps = list_checkpoints(tmp_path / "generators")
+    assert [s for s, _ in snaps] == [0, 2]
+    snap = load_checkpoint(snaps[-1][1])
+    assert snap["classes"] == ["dog", "null"] and snap["net"]["num_classes"] == 2 and snap["ema"] is False
+    with pytest.raises(ValueError, match="num_classes=1 < 2 trained classes"):
+        Trainer(
+            tiny_config(classes=["dog", "null"], net={"num_classes": 1}),
+            StepData(),
+            tmp_path / "x",
+            class_names=CLASSES,
+        )
+    with pytest.raises(ValueError, match=r"class 'cat', which is not trained"):
+        Trainer(cfg, StepData(), tmp_path / "y", class_names=CLASSES)._real_batch()
 
 
 # ---- failure detection ----------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     monkeypatch.setenv("GAN_EXPERIMENTS_FILE", str(experiments))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     monkeypatch.delenv("GAN_S3_ENDPOINT_URL", raising=False)
-    [asset] = build_training_assets()  # reads $GAN_EXPERIMENTS_FILE
+    asset = build_training_assets()[0]  # reads $GAN_EXPERIMENTS_FILE; [0] is gan_generator
     resources = {
         "storage": StorageResource(root_url=root.as_uri()),
         "pipes_subprocess_client": dg.PipesSubprocessClient(),
@@ -140,8 +140,9 @@ def test_shipped_experiments_file():
     assert configs["satellite"].classes == ("satellite",)
     cond = configs["conditional_all"]
     assert cond.net.num_classes == 3 and cond.classes == ("dogs", "null", "satellite")
-    [asset] = build_training_assets(path)
-    assert set(asset.partitions_def.get_partition_keys()) == set(experiments)
+    built = build_training_assets(path)
+    assert [a.key.to_user_string() for a in built] == ["gan_generator", "gan_evaluation", "training_timelapse"]
+    assert all(set(a.partitions_def.get_partition_keys()) == set(experiments) for a in built)
 
 
 def test_bad_experiment_is_named(tmp_path):

@@ -17,20 +17,24 @@ from pipelines.storage import LocalStorage
 CLASSES = ["cat", "dog", "null"]
 
 
-def write_dataset(root: Path, n: int = 64, per_shard: int = 8, resolution: int = 32) -> str:
-    """n random RGB PNGs of ``resolution`` px in 3 classes, as version "v1", with datasets/latest.json naming it."""
+def write_dataset(root: Path, n: int = 64, per_shard: int = 8, resolution: int = 32, holdout: int = 0) -> str:
+    """n random RGB PNGs of ``resolution`` px in 3 classes (and ``holdout`` more in the holdout split), as
+    version "v1", with datasets/latest.json naming it."""
     storage = LocalStorage(root)
     rng = np.random.default_rng(0)
     samples = []
-    for i in range(n):
+    for i in range(n + holdout):
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(buf, format="PNG")
         samples.append({"__key__": f"{i:064x}", "png": buf.getvalue(), "cls": i % 3})
-    infos = write_shards(storage, samples, max_count=per_shard)
+    splits = {
+        "train": write_shards(storage, samples[:n], max_count=per_shard),
+        "holdout": write_shards(storage, samples[n:], max_count=per_shard) if holdout else [],
+    }
     index = {
         "classes": CLASSES,
         "preprocessing": {"resolution": resolution, "image_format": "png"},
-        "splits": {"train": [dataclasses.asdict(i) for i in infos], "holdout": []},
+        "splits": {k: [dataclasses.asdict(i) for i in v] for k, v in splits.items()},
     }
     storage.put_bytes(index_key("v1"), json.dumps(index).encode())
     storage.put_bytes(LATEST_KEY, json.dumps({"version": "v1", "index": index_key("v1")}).encode())
