@@ -9,7 +9,7 @@ TORCH_VERSION   ?= 2.13.0
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: run test lint bench bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards bench-fid bench-timelapse bench-train-speed bench-train-quality dev clean
+.PHONY: run test system-packages lint bench bench-fetch bench-features bench-dedup-quality bench-neardup bench-shards bench-fid bench-timelapse bench-train-speed bench-train-quality dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,7 +37,22 @@ EVAL_SAMPLES ?= 256
 run: $(VENV)/.installed
 	$(BIN)/gan-pipelines run $(if $(TRAIN_STEPS),--train-steps $(TRAIN_STEPS)) $(if $(EVAL_SAMPLES),--eval-samples $(EVAL_SAMPLES))
 
-test: $(VENV)/.installed
+# System packages that some tests use: a PostgreSQL server (tests/test_deploy.py) and Chromium (the UI test).
+# Installed with apt-get when missing and running as root; otherwise a note, and those tests skip.
+system-packages:
+	@missing=""; \
+	ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing="$$missing postgresql"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing system packages:$$missing"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1 \
+	    || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends $$missing >/dev/null 2>&1; } \
+	    || echo "note: could not install$$missing; the tests that need them will skip"; \
+	else echo "note: missing system packages:$$missing (root can apt-get install them); the tests that need them will skip"; fi
+
+test: $(VENV)/.installed system-packages
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

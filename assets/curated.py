@@ -21,6 +21,13 @@ from pipelines.dataset import DatasetSettings, build_dataset, verify_shard
 from pipelines.sources import CLASSES
 from pipelines.storage import Storage
 
+#: The curated set and the shards run when an upstream has new data, at most once while upstream runs are
+#: still queued or running (so a refresh of three classes curates once), and despite the days never scraped
+#: (``raw_images`` has a partition per past day, most of them empty by design). See assets/automation.py.
+AFTER_INGEST = (
+    dg.AutomationCondition.eager().without(~dg.AutomationCondition.any_deps_missing()).with_label("eager_after_ingest")
+)
+
 
 class CurateConfig(dg.Config):
     hash_kind: str = Field("phash", description="imagehash kind: phash, dhash, ahash or whash (64-bit)")
@@ -55,6 +62,7 @@ def _pairs_preview(store: Storage, rows: list[dict], count: int = 8) -> dg.Metad
     deps=[raw_images],
     code_version="1",
     group_name="curate",
+    automation_condition=AFTER_INGEST,
     kinds={"python", "parquet"},
     check_specs=[
         dg.AssetCheckSpec(
@@ -128,6 +136,7 @@ def _first_images(store: Storage, shard_key: str, count: int) -> list[bytes]:
     deps=[curated_images],
     code_version="1",
     group_name="curate",
+    automation_condition=AFTER_INGEST,
     kinds={"python", "webdataset"},
     check_specs=[
         dg.AssetCheckSpec(

@@ -6,10 +6,12 @@ import os
 
 import dagster as dg
 
+from assets.automation import build_automation
 from assets.curated import curated_images, webdataset_shards
+from assets.launch import TrainingLauncher, k8s_executor
 from assets.raw_images import raw_images
 from assets.resources import FetchResource, FIDResource, SourcesResource, StorageResource
-from assets.training import build_training_assets
+from assets.training import build_training_assets, retrain_on_new_data
 
 
 def _storage() -> StorageResource:
@@ -27,24 +29,35 @@ ingest_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(raw_images),
     description="Fetch new raw images for one class and day.",
 )
+train_job = dg.define_asset_job(
+    "train",
+    selection=dg.AssetSelection.assets("gan_generator"),
+    description="Train one experiment on the latest dataset version.",
+)
 
-# Runs gan_evaluation and training_timelapse when their experiment's generator changes (their eager
-# automation conditions); on by default, unlike the sensor Dagster would otherwise create switched off.
-model_automation = dg.AutomationConditionSensorDefinition(
-    "model_automation",
-    target=dg.AssetSelection.assets("gan_evaluation", "training_timelapse"),
+# Evaluates every asset's automation condition (curation after ingest; evaluation and time-lapse after
+# training); on by default, unlike the sensor Dagster would otherwise create switched off.
+automation = dg.AutomationConditionSensorDefinition(
+    "automation",
+    target=dg.AssetSelection.all(),
     default_status=dg.DefaultSensorStatus.RUNNING,
 )
+schedules, sensors = build_automation(ingest_job, train_job, retrain_on_new_data())
+
+_launcher = TrainingLauncher.from_env()
 
 defs = dg.Definitions(
     assets=[raw_images, curated_images, webdataset_shards, *build_training_assets()],
-    jobs=[ingest_job],
-    sensors=[model_automation],
+    jobs=[ingest_job, train_job],
+    schedules=schedules,
+    sensors=[automation, *sensors],
+    # GAN_EXECUTOR=k8s (deploy/k8s/values.yaml): every step in its own pod; gan_generator's gets the GPUs.
+    executor=k8s_executor(_launcher) if os.environ.get("GAN_EXECUTOR") == "k8s" else None,
     resources={
         "storage": _storage(),
         "fetch": FetchResource(),
         "sources": SourcesResource(),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
         "fid": FIDResource(),
+        "training_launcher": _launcher,
     },
 )

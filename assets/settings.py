@@ -26,17 +26,36 @@ def default_sources_file() -> str:
     return os.environ.get("GAN_SOURCES_FILE") or str(project_dir() / "config" / "sources.yaml")
 
 
+#: The local instance: Dagster's embedded SQLite storage, plus the limits that keep backfills polite.
+LOCAL_DAGSTER_YAML = """\
+# Dagster's embedded defaults (SQLite storage in this folder; docker/ has the Postgres setup), plus:
+concurrency:
+  pools:
+    # gan_generator runs in the `gpu` pool: one training at a time. With N GPUs:
+    #   dagster instance concurrency set gpu N
+    default_limit: 1
+  runs:
+    tag_concurrency_limits:
+      # One raw_images run per class at a time, so a backfill of many days never hits a class's source
+      # hosts with parallel runs (within a run the fetch resource limits each host).
+      - key: dagster/partition/class
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
+"""
+
+
 def ensure_dagster_home() -> Path:
     """``$DAGSTER_HOME`` (default: ``.dagster_home/`` in the project), created with a ``dagster.yaml``.
 
-    An empty dagster.yaml means Dagster's embedded defaults: SQLite run, event and schedule storage
-    in this folder. Writing it spares users Dagster's "no dagster.yaml found" warning on every command.
+    A missing dagster.yaml is written as :data:`LOCAL_DAGSTER_YAML`; an existing one is the user's and is
+    left alone.
     """
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(project_dir() / ".dagster_home")))
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     if not config.exists():
-        config.write_text("# Dagster's embedded defaults: SQLite storage in this folder. See docker/ for Postgres.\n")
+        config.write_text(LOCAL_DAGSTER_YAML)
     return home
 
 

@@ -2,8 +2,9 @@
 
 Each experiment (name -> TrainConfig mapping) is a partition. A materialisation resolves the latest
 dataset version (the data version of ``webdataset_shards``), writes the experiment's config into its run
-directory and runs ``python -m ganmodels.train`` in a subprocess through ``PipesSubprocessClient``: the
-training logs stream into Dagster and the subprocess reports the materialisation itself (losses,
+directory and runs ``python -m ganmodels.train`` through Dagster Pipes with the ``training_launcher``
+resource (a local subprocess or a Kubernetes pod, one process or torchrun; see ``assets/launch.py``): the
+training logs stream into Dagster and the trainer reports the materialisation itself (losses,
 throughput, sample grid...), with the checkpoint's sha256 as the data version. The final checkpoint is
 then copied into storage at ``models/<experiment>/<sha256>.pt``.
 
@@ -17,7 +18,7 @@ while a new dataset version or any other change of settings starts a fresh run i
 weights trained on something else.
 
 Materialising again with nothing changed (the run dir's newest checkpoint is at the target step and is
-the very file the partition's last materialisation reported) launches no subprocess: the trainer would
+the very file the partition's last materialisation reported) launches no training: the trainer would
 resume at the final step, train nothing and re-save the same state, but ``torch.save`` output is not
 byte-stable, so the sha256 -- the data version -- would change for identical weights. Instead the
 previous materialisation's metadata and data version are reported again (``reused_previous: true``).
@@ -37,6 +38,7 @@ from pydantic import Field
 
 from assets.curated import webdataset_shards
 from assets.evaluation import build_evaluation_assets
+from assets.launch import TrainingLauncher
 from assets.resources import StorageResource
 from assets.settings import project_dir
 from ganmodels.train import TrainConfig
@@ -49,6 +51,7 @@ __all__ = [
     "default_experiments_file",
     "experiment_partitions",
     "load_experiments",
+    "retrain_on_new_data",
 ]
 
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -58,22 +61,49 @@ def default_experiments_file() -> Path:
     return Path(os.environ.get("GAN_EXPERIMENTS_FILE") or project_dir() / "config" / "experiments.yaml")
 
 
-def load_experiments(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """Experiment name -> TrainConfig mapping, each validated by building the TrainConfig (errors name it)."""
+#: Keys of an experiment that steer Dagster, not the trainer (they are not part of the TrainConfig).
+ORCHESTRATION_KEYS = frozenset({"retrain_on_new_data"})
+
+
+def _read_experiments(path: str | Path | None) -> tuple[Path, dict[str, dict[str, Any]]]:
     path = Path(path) if path is not None else default_experiments_file()
     data = yaml.safe_load(path.read_text()) or {}
     if not isinstance(data, dict) or not data:
         raise ValueError(f"{path}: expected a non-empty mapping of experiment name -> training config")
-    experiments: dict[str, dict[str, Any]] = {}
     for name, spec in data.items():
         if not isinstance(name, str) or not name or not set(name) <= _NAME_OK or name.startswith("."):
             raise ValueError(f"{path}: experiment name {name!r} must be letters, digits, '_', '-' or '.'")
+        if not isinstance(spec, dict):
+            raise ValueError(f"{path}: experiment {name!r}: expected a mapping of training settings")
+    return path, data
+
+
+def load_experiments(path: str | Path | None = None) -> dict[str, dict[str, Any]]:
+    """Experiment name -> TrainConfig mapping (orchestration keys removed), each validated by building the
+    TrainConfig (errors name the experiment)."""
+    path, data = _read_experiments(path)
+    experiments: dict[str, dict[str, Any]] = {}
+    for name, spec in data.items():
+        training = {k: v for k, v in spec.items() if k not in ORCHESTRATION_KEYS}
         try:
-            TrainConfig.from_dict(spec)
+            TrainConfig.from_dict(training)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: experiment {name!r}: {e}") from e
-        experiments[name] = spec
+        experiments[name] = training
     return experiments
+
+
+def retrain_on_new_data(path: str | Path | None = None) -> list[str]:
+    """The experiments marked ``retrain_on_new_data: true``: retrained when a new dataset version appears."""
+    _, data = _read_experiments(path)
+    flagged = []
+    for name, spec in data.items():
+        value = spec.get("retrain_on_new_data", False)
+        if not isinstance(value, bool):
+            raise ValueError(f"experiment {name!r}: retrain_on_new_data must be true or false, got {value!r}")
+        if value:
+            flagged.append(name)
+    return flagged
 
 
 def experiment_partitions(path: str | Path | None = None) -> dg.StaticPartitionsDefinition:
@@ -153,16 +183,17 @@ def build_training_assets(experiments_path: str | Path | None = None) -> list[dg
         partitions_def=partitions,
         code_version="1",
         group_name="train",
+        pool="gpu",  # at most as many concurrent trainings as the pool has slots (the GPUs; default 1)
         kinds={"pytorch"},
     )
     def gan_generator(
         context: dg.AssetExecutionContext,
         config: TrainingConfig,
         storage: StorageResource,
-        pipes_subprocess_client: dg.PipesSubprocessClient,
+        training_launcher: TrainingLauncher,
     ) -> dg.MaterializeResult:
         """A GAN generator trained on the latest dataset version with one experiment's settings (the
-        partition); a subprocess reports losses, throughput and samples; data version = checkpoint sha256."""
+        partition); the trainer reports losses, throughput and samples; data version = checkpoint sha256."""
         experiment = context.partition_key
         spec = experiments[experiment]
         store = storage.open()
@@ -206,7 +237,7 @@ def build_training_assets(experiments_path: str | Path | None = None) -> list[dg
             )
 
         context.log.info(f"experiment {experiment} on dataset {version}; run dir {out}")
-        result = pipes_subprocess_client.run(
+        result = training_launcher.run(
             command=command,
             context=context,
             env=env,

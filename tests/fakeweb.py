@@ -378,6 +378,7 @@ class FakeWeb:
         self._ov_ids: dict[str, tuple[str, int]] = {}
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
+        self._bound_port = 0
         self._thread: threading.Thread | None = None
         self._routes: list[tuple[str, Callable[[_Handler, list[str], dict[str, list[str]]], _Response]]] = [
             ("/dogceo/api/", self._r_dogceo),
@@ -397,10 +398,12 @@ class FakeWeb:
     # -- lifecycle ----------------------------------------------------------------------------------
 
     def start(self) -> FakeWeb:
-        """Bind an ephemeral port and serve in a daemon thread; idempotent."""
+        """Bind a port (ephemeral the first time, the same one after a :meth:`stop`, so URLs handed out
+        earlier stay valid: a server restart) and serve in a daemon thread; idempotent."""
         if self._server is not None:
             return self
-        server = _Server(("127.0.0.1", 0), _Handler)
+        server = _Server(("127.0.0.1", self._bound_port), _Handler)
+        self._bound_port = int(server.server_address[1])
         server.fakeweb = self
         self._server = server
         self._thread = threading.Thread(

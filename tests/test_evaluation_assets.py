@@ -12,6 +12,7 @@ import yaml
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
+from assets.launch import TrainingLauncher
 from assets.resources import FIDResource, StorageResource
 from assets.training import build_training_assets
 from ganmodels.checkpoint import file_sha256
@@ -50,7 +51,7 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fid_weights: Path) -> d
     assets = build_training_assets(experiments)
     resources = {
         "storage": StorageResource(root_url=root.as_uri()),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "training_launcher": TrainingLauncher(),
         "fid": FIDResource(weights_path=str(fid_weights), allow_download=False, device="cpu"),
     }
     return {"root": root, "assets": assets, "resources": resources}

@@ -161,7 +161,7 @@ def test_definitions_load_and_name_every_asset():
     defs.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
     assert dg.AssetKey("raw_images") in graph.get_all_asset_keys()
-    assert set(defs.resources or {}) == {"storage", "fetch", "sources", "pipes_subprocess_client", "fid"}
+    assert set(defs.resources or {}) == {"storage", "fetch", "sources", "fid", "training_launcher"}
 
 
 def _env(tmp_path: Path, sources_file: str) -> dict[str, str]:

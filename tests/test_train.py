@@ -370,3 +370,15 @@ def test_shard_batches_train_with_negatives_and_reseed_on_resume(tmp_path):
     a, b = first_batch(5), first_batch(5)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])  # deterministic for a given resume point
     assert a[0].shape == (8, 3, 32, 32)
+
+
+def test_reuse_fakes_is_the_textbook_loop_with_one_g_forward(tmp_path):
+    """reuse_fakes: G's step trains on the D step's fakes (one G forward per iteration), reproducibly."""
+    forwards = []
+    trainer = Trainer(tiny_config(reuse_fakes=True, steps=3), StepData(), tmp_path / "a", class_names=CLASSES)
+    trainer.G.register_forward_hook(lambda *_: forwards.append(1))
+    first = trainer.run()
+    assert len(forwards) == 3  # the default draws fresh noise for G's step: two forwards per iteration
+    again = run(tiny_config(reuse_fakes=True, steps=3), tmp_path / "b")
+    assert first.history == again.history and all(math.isfinite(d) for _, d, _ in first.history)
+    assert first.history != run(tiny_config(steps=3), tmp_path / "c").history

@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 import yaml
 
+from assets.launch import TrainingLauncher
 from assets.resources import StorageResource
 from assets.settings import project_dir
 from assets.training import build_training_assets, load_experiments, model_key
@@ -45,7 +46,7 @@ def setup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict:
     asset = build_training_assets()[0]  # reads $GAN_EXPERIMENTS_FILE; [0] is gan_generator
     resources = {
         "storage": StorageResource(root_url=root.as_uri()),
-        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+        "training_launcher": TrainingLauncher(),
     }
     return {"root": root, "version": version, "asset": asset, "resources": resources}
 
@@ -153,11 +154,11 @@ def test_bad_experiment_is_named(tmp_path):
 
 
 def test_training_asset_loads_in_definitions():
-    """The shipped code location has the asset, its experiment partitions and the Pipes client."""
+    """The shipped code location has the asset, its experiment partitions and the training launcher."""
     from assets.definitions import defs
 
     defs.validate_loadable(defs)
     asset = defs.resolve_assets_def("gan_generator")
     assert {"dogs_null_negatives", "satellite", "conditional_all"} <= set(asset.partitions_def.get_partition_keys())
-    assert {"storage", "pipes_subprocess_client"} <= asset.required_resource_keys
+    assert {"storage", "training_launcher"} <= asset.required_resource_keys
     assert dg.AssetKey("webdataset_shards") in asset.asset_deps[dg.AssetKey("gan_generator")]
