@@ -3,6 +3,8 @@ training run SIGKILLed mid-way that resumes from its last checkpoint when launch
 
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import signal
 import subprocess
@@ -14,9 +16,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 import yaml
+from PIL import Image
 
 from pipelines import manifest as mf
-from pipelines.storage import LocalStorage
+from pipelines.storage import LocalStorage, content_key
 from tests.fakeweb import FakeWeb
 from tests.test_ingest import _assert_store_consistent
 from tests.test_raw_images_asset import DAY, materialise, resources, web_sources, write_sources
@@ -48,8 +51,10 @@ QUOTA = 12  # per source: dogs 12, null 24 (two sources), satellite 12
 
 
 def test_refresh_survives_random_failures_and_a_restart(tmp_path, instance):
-    # Few spare candidates (15 dogs, 28 null images for quotas of 12 and 24), so failures leave gaps.
-    fw = FakeWeb(fail_rate=0.2, seed=7, latency=0.01, images_per_breed=3, picsum_count=14, openverse_per_query=14)
+    # No spare dog or null candidates (12 dogs, 12 + 12 null images for quotas of 12 and 24): a failure is a gap.
+    breeds = {"hound": ["afghan"], "pug": [], "shiba": []}
+    fw = FakeWeb(fail_rate=0.2, seed=7, latency=0.01, dog_breeds=breeds, images_per_breed=4, picsum_count=12)
+    fw.openverse_per_query = 12
     fw.start()
     try:
         res = resources(tmp_path, write_sources(tmp_path / "s.yaml", web_sources(fw, quota=QUOTA)))
@@ -57,31 +62,43 @@ def test_refresh_survives_random_failures_and_a_restart(tmp_path, instance):
         first = {c: materialise(res, instance, c, {"max_failure_rate": 1.0}) for c in CLASSES}
         restarter.join(timeout=30)
         assert not restarter.is_alive() and fw._server is not None  # the restart happened during the refresh
-        assert all(r.success for r in first.values())
+        for result in first.values():  # a class whose listing API was down at that moment fails, naming it
+            if not result.success:
+                [failure] = [e for e in result.all_events if e.is_step_failure]
+                assert "source '" in failure.step_failure_data.error.cause.message
         store = LocalStorage(tmp_path / "data")
 
         def rows(c: str) -> list[dict]:
-            return mf.read_table(store, mf.manifest_key(c, DAY)).to_pylist()
+            """The manifest, or the part files a failed run saved before it stopped."""
+            key = mf.manifest_key(c, DAY)
+            keys = ([key] if store.exists(key) else []) + list(store.list(mf.parts_prefix(c, DAY)))
+            return list({r["url"]: r for r in mf.read_rows(store, keys)}.values())
 
-        # Every URL the server was asked for is in a manifest, once, with a status; nothing stored is partial.
+        # Every URL the server was asked for is in a manifest or part file, once, with a status; every stored
+        # image is complete.
         after_first = [r for c in CLASSES for r in rows(c)]
         assert len(after_first) == len({r["url"] for r in after_first}) and all(r["status"] for r in after_first)
         asked = {fw.url(r.path) for r in fw.requests if r.path.startswith(IMAGE_PATHS)}
         assert asked <= {r["url"] for r in after_first}
-        _assert_store_consistent(store, after_first)
+        for key in store.list("raw/images/"):
+            data = store.get_bytes(key)
+            assert key == content_key(hashlib.sha256(data).hexdigest(), key.rsplit(".", 1)[1])
+            Image.open(io.BytesIO(data)).load()
         failed = [r for r in after_first if r["status"] != "ok"]
-        assert failed and all(r["retryable"] for r in failed)  # 500s and refused connections: worth retrying
-        assert any(sum(r["status"] == "ok" for r in rows(c)) < QUOTA * (2 if c == "null" else 1) for c in CLASSES)
+        assert failed and all(r["retryable"] for r in failed), [(r["status"], r["reason"]) for r in failed]
+        quota = {c: QUOTA * (2 if c == "null" else 1) for c in CLASSES}
+        gaps = {c: quota[c] - sum(r["status"] == "ok" for r in rows(c)) for c in CLASSES}
 
-        # The second refresh (the server healthy again) completes what the first left, refetching no image.
+        # The second refresh (the server healthy again) completes what the first left: the failed URLs and
+        # those a failed run never reached, never an image it already has.
         fw.fail_rate = 0.0
         n = len(fw.requests)
         second = {c: materialise(res, instance, c) for c in CLASSES}
         assert all(r.success for r in second.values())
-        for c in CLASSES:
-            assert sum(r["status"] == "ok" for r in rows(c)) == QUOTA * (2 if c == "null" else 1), c
+        assert {c: sum(r["status"] == "ok" for r in rows(c)) for c in CLASSES} == quota
         again = {fw.url(r.path) for r in fw.requests[n:] if r.path.startswith(IMAGE_PATHS)}
-        assert again and not again & {r["url"] for r in after_first if r["status"] == "ok"}
+        assert not again & {r["url"] for r in after_first if r["status"] == "ok"}  # nothing fetched twice
+        assert len(again) >= sum(gaps.values())
         _assert_store_consistent(store, [r for c in CLASSES for r in rows(c)])
     finally:
         fw.stop()
