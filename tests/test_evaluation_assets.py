@@ -17,23 +17,11 @@ from assets.resources import FIDResource, StorageResource
 from assets.training import build_training_assets
 from ganmodels.checkpoint import file_sha256
 from pipelines.storage import LocalStorage
-from tests.tiny_dataset import write_dataset
+from tests.tiny_dataset import tiny_experiment, write_dataset
 
 pytestmark = pytest.mark.slow
 
-TINY = {
-    "net": {"resolution": 32, "width": 8, "latent_dim": 16},
-    "classes": ["dog"],
-    "batch_size": 8,
-    "steps": 3,
-    "seed": 0,
-    "threads": 1,
-    "checkpoint_every": 2,
-    "frame_every": 1,
-    "frame_count": 4,
-    "frame_nrow": 2,
-    "log_every": 1,
-}
+TINY = tiny_experiment(steps=3, frame_every=1)
 COND = {**TINY, "net": {**TINY["net"], "num_classes": 2}, "classes": ["dog", "null"], "steps": 2}
 EVAL = {"num_samples": 8, "batch_size": 8, "kid_subsets": 5, "kid_subset_size": 6}
 TIMELAPSE = {"size": 64, "gif_size": 32, "fps": 4}

@@ -21,25 +21,13 @@ from assets.launch import GPU_RESOURCE, TRAINING_POD_LABELS, TrainingLauncher, g
 from assets.resources import StorageResource
 from assets.settings import project_dir
 from assets.training import build_training_assets
-from tests.tiny_dataset import write_dataset
+from tests.tiny_dataset import tiny_experiment, write_dataset
 
 K8S_VERSION = "1.33"  # validated against the newest bundled schema not newer than this
 DEPLOY = project_dir() / "deploy" / "k8s"
 
 IMAGE = "registry.example.com/gan-pipelines:0.1.0"
-TINY = {
-    "net": {"resolution": 32, "width": 8, "latent_dim": 16},
-    "classes": ["dog"],
-    "batch_size": 8,
-    "steps": 2,
-    "seed": 0,
-    "threads": 1,
-    "checkpoint_every": 2,
-    "frame_every": 2,
-    "frame_count": 4,
-    "frame_nrow": 2,
-    "log_every": 1,
-}
+TINY = tiny_experiment()
 
 
 def _k8s_dict(obj: Any) -> dict[str, Any]:

@@ -16,22 +16,9 @@ from assets.training import build_training_assets, load_experiments, model_key
 from ganmodels.checkpoint import file_sha256, load_checkpoint
 from ganmodels.train import TrainConfig
 from pipelines.storage import LocalStorage
-from tests.tiny_dataset import write_dataset
+from tests.tiny_dataset import tiny_experiment, write_dataset
 
-TINY = {
-    "net": {"resolution": 32, "width": 8, "latent_dim": 16},
-    "classes": ["dog"],
-    "negatives_class": "null",
-    "batch_size": 8,
-    "steps": 3,
-    "seed": 0,
-    "threads": 1,
-    "checkpoint_every": 2,
-    "frame_every": 3,
-    "frame_count": 4,
-    "frame_nrow": 2,
-    "log_every": 1,
-}
+TINY = tiny_experiment(negatives_class="null", steps=3, frame_every=3)
 
 
 @pytest.fixture

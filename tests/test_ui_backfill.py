@@ -25,7 +25,7 @@ from assets.settings import project_dir
 from assets.training import model_key
 from pipelines.storage import LocalStorage
 from tests.dagster_dev import DagsterDev, group_alive
-from tests.tiny_dataset import write_dataset
+from tests.tiny_dataset import tiny_experiment, write_dataset
 
 # Generous: the internal waits below fail first, with the server's log; typical total is about two minutes.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -34,20 +34,7 @@ ASSETS = ["raw_images", "curated_images", "webdataset_shards", "gan_generator", 
 GROUPS = ["ingest", "curate", "train", "evaluate"]
 ARTIFACTS = Path(os.environ.get("PYTEST_ARTIFACTS") or project_dir() / "tests" / "artifacts")
 
-TINY = {
-    "net": {"resolution": 32, "width": 8, "latent_dim": 16},
-    "classes": ["dog"],
-    "negatives_class": "null",
-    "batch_size": 8,
-    "steps": 2,
-    "seed": 0,
-    "threads": 1,
-    "checkpoint_every": 2,
-    "frame_every": 2,
-    "frame_count": 4,
-    "frame_nrow": 2,
-    "log_every": 1,
-}
+TINY = tiny_experiment(negatives_class="null")
 EXPERIMENTS = {"tiny_a": TINY, "tiny_b": {**TINY, "seed": 1}}
 
 BACKFILL_TIMEOUT = 360.0  # two tiny trainings, but through the daemon's 30 s backfill loop on two busy cores

@@ -6,6 +6,7 @@ import dataclasses
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -39,3 +40,21 @@ def write_dataset(root: Path, n: int = 64, per_shard: int = 8, resolution: int =
     storage.put_bytes(index_key("v1"), json.dumps(index).encode())
     storage.put_bytes(LATEST_KEY, json.dumps({"version": "v1", "index": index_key("v1")}).encode())
     return "v1"
+
+
+def tiny_experiment(**overrides: Any) -> dict[str, Any]:
+    """A training config small enough for a test (32 px, width 8, 2 steps, one thread) on that dataset."""
+    spec: dict[str, Any] = {
+        "net": {"resolution": 32, "width": 8, "latent_dim": 16},
+        "classes": ["dog"],
+        "batch_size": 8,
+        "steps": 2,
+        "seed": 0,
+        "threads": 1,
+        "checkpoint_every": 2,
+        "frame_every": 2,
+        "frame_count": 4,
+        "frame_nrow": 2,
+        "log_every": 1,
+    }
+    return spec | overrides
