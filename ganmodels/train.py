@@ -144,7 +144,7 @@ class TrainConfig:
     negative_weight: float = 1.0
     mixed_batch: bool = False  # real + fake (+ negatives) in one D forward, else separate forwards
     # The textbook loop: G's step reuses the fakes of the last D step (one G forward per iteration, not two;
-    # ~8% faster at 64 px on a CPU) instead of drawing fresh noise. Off: G's step sees samples D has not.
+    # ~4% faster at 64 px on a CPU) instead of drawing fresh noise. Off: G's step sees samples D has not.
     reuse_fakes: bool = False
     lr_g: float = 2e-4
     lr_d: float = 2e-4
