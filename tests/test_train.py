@@ -19,7 +19,7 @@ from ganmodels.checkpoint import list_checkpoints, load_checkpoint
 from ganmodels.frames import grid_size, make_grid
 from ganmodels.nets import NetConfig
 from ganmodels.train import TrainConfig, Trainer, TrainingDiverged
-from tests.tiny_dataset import write_dataset
+from tests.tiny_dataset import tiny_experiment, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "null"]
@@ -50,22 +50,10 @@ class StepData:
 
 
 def tiny_config(**overrides) -> TrainConfig:
+    """tests.tiny_dataset.tiny_experiment for StepData: classes cat and dog, no frames; ``net`` keys merge."""
     net = {"resolution": 32, "width": 8, "latent_dim": 16, **overrides.pop("net", {})}
-    base = {
-        "net": net,
-        "batch_size": 8,
-        "steps": 4,
-        "seed": 0,
-        "threads": 1,
-        "checkpoint_every": 2,
-        "keep_checkpoints": 5,
-        "frame_every": 0,
-        "frame_count": 4,
-        "log_every": 1,
-        "classes": ["cat", "dog"],
-    }
-    base.update(overrides)
-    return TrainConfig.from_dict(base)
+    base = tiny_experiment(steps=4, keep_checkpoints=5, frame_every=0, classes=["cat", "dog"], net=net)
+    return TrainConfig.from_dict(base | overrides)
 
 
 ALL_ON = {

@@ -13,22 +13,11 @@ import torch
 import yaml
 
 from ganmodels.checkpoint import file_sha256, list_checkpoints, load_checkpoint
-from tests.tiny_dataset import write_dataset
+from tests.tiny_dataset import tiny_experiment, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
-CONFIG = {
-    "net": {"resolution": 32, "width": 8, "latent_dim": 16},
-    "batch_size": 8,
-    "steps": 4,
-    "seed": 0,
-    "threads": 1,
-    "checkpoint_every": 2,
-    "keep_checkpoints": 5,
-    "frame_every": 2,
-    "frame_count": 4,
-    "log_every": 1,
-}
+CONFIG = tiny_experiment(classes=None, steps=4, keep_checkpoints=5)  # every class of the dataset
 
 # Under torchrun: the normal entry point, plus each rank dumping the weights it holds at the end, so the
 # test can check that DDP kept the ranks in lockstep.
