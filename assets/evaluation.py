@@ -14,7 +14,6 @@ version, the FID weights and the evaluation settings (the inputs that determine 
 time-lapse's is a hash of the frame files and the render settings.
 """
 
-import base64
 import hashlib
 import io
 import json
@@ -25,6 +24,7 @@ import dagster as dg
 from PIL import Image
 from pydantic import Field
 
+from assets.metadata import latest_metadata, png_markdown
 from assets.resources import FIDResource, StorageResource
 from pipelines.dataset import index_key, load_index
 from pipelines.storage import Storage, upload_file
@@ -52,17 +52,10 @@ class TimelapseConfig(dg.Config):
 
 def _generator_metadata(context: dg.AssetExecutionContext) -> dict:
     """The metadata of the partition's latest ``gan_generator`` materialisation (raw values)."""
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=GENERATOR, asset_partitions=[context.partition_key]), limit=1
-    ).records
-    if not records:
+    mat = latest_metadata(context, GENERATOR)
+    if mat is None:
         raise dg.Failure(f"gan_generator[{context.partition_key}] has not been materialised yet")
-    md = records[0].asset_materialization.metadata
-    return {k: v.value for k, v in md.items()}
-
-
-def _md_image(png: bytes, alt: str) -> dg.MetadataValue:
-    return dg.MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(png).decode()})")
+    return {k: v.value for k, v in mat.metadata.items()}
 
 
 def _lineage(store: Storage, gen: dict) -> dict[str, dg.MetadataValue]:
@@ -128,13 +121,12 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         evaluator = Evaluator(
             store,
             index,
-            load_inception(weights, "cpu"),
+            load_inception(weights),
             weights_sha,
             settings,
             endpoint_url=storage.endpoint_url,
             progress=context.log.info,
         )
-        evaluator.extractor.to(evaluator.device)
         final_step = int(gen["steps"])
         run_dir = Path(gen["run_dir"])
         snapshots = [(s, p) for s, p in list_snapshots(run_dir) if s <= final_step]
@@ -162,7 +154,7 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             ),
             "scores": dg.MetadataValue.json([s.to_dict() for s in scores]),
             "scored_now": dg.MetadataValue.int(sum(not s.cached for s in scores)),
-            "fid_over_steps": _md_image(fid_curve_png(scores, context.partition_key), "FID over steps"),
+            "fid_over_steps": png_markdown(fid_curve_png(scores, context.partition_key), "FID over steps"),
         }
         if last.per_class:
             metadata["per_class"] = dg.MetadataValue.json(last.per_class)
@@ -239,7 +231,7 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         thumb.thumbnail((256, 256), Image.Resampling.NEAREST)
         buf = io.BytesIO()
         thumb.save(buf, format="PNG")
-        metadata["preview"] = _md_image(buf.getvalue(), "last frame")
+        metadata["preview"] = png_markdown(buf.getvalue(), "last frame")
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
     return [gan_evaluation, training_timelapse]

@@ -39,6 +39,7 @@ from pydantic import Field
 from assets.curated import webdataset_shards
 from assets.evaluation import build_evaluation_assets
 from assets.launch import TrainingLauncher
+from assets.metadata import latest_metadata
 from assets.resources import StorageResource
 from assets.settings import project_dir
 from ganmodels.train import TrainConfig
@@ -151,10 +152,7 @@ def _previous_if_unchanged(
     checkpoints = list_checkpoints(out / "checkpoints")
     if not checkpoints or checkpoints[-1][0] != target_steps:
         return None
-    records = context.instance.fetch_materializations(
-        dg.AssetRecordsFilter(asset_key=context.asset_key, asset_partitions=[context.partition_key]), limit=1
-    ).records
-    previous = records[0].asset_materialization if records else None
+    previous = latest_metadata(context, context.asset_key)
     if previous is None:
         return None
     md = previous.metadata

@@ -582,8 +582,9 @@ class Trainer:
             if self.negative_label is not None:
                 is_neg = labels == self.negative_label  # labels stay on the CPU until mapped
                 if bool(is_neg.any()):
-                    negatives = images[is_neg.to(self.device)]
-                    images, labels = images[~is_neg.to(self.device)], labels[~is_neg]
+                    on_device = is_neg.to(self.device)
+                    negatives = images[on_device]
+                    images, labels = images[~on_device], labels[~is_neg]
             mapped = self.label_map[labels]
             if self.config.net.conditional and bool((mapped < 0).any()):
                 bad = sorted({self.class_names[i] for i in labels[mapped < 0].tolist()})
