@@ -24,13 +24,11 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 from dagster_shared.error import SerializableErrorInfo
 
-from assets.partitions import raw_partitions
+from assets.partitions import daily_partitions
 from assets.resources import StorageResource
 from pipelines.sources import CLASSES
 
 __all__ = ["build_automation", "record_run_failures"]
-
-_STOPPED = dg.DefaultScheduleStatus.STOPPED
 
 
 def _on(env: str, default: bool) -> bool:
@@ -44,18 +42,20 @@ def _sensor_status(env: str, default: bool) -> dg.DefaultSensorStatus:
 def daily_refresh_schedule(ingest_job: UnresolvedAssetJobDefinition) -> dg.ScheduleDefinition:
     cron = os.environ.get("GAN_REFRESH_CRON", "0 3 * * *")
     timezone = os.environ.get("GAN_TIMEZONE", "UTC")
+    on = _on("GAN_SCHEDULES_RUNNING", False)  # scraping public APIs starts when the user says so
+    status = dg.DefaultScheduleStatus.RUNNING if on else dg.DefaultScheduleStatus.STOPPED
 
     @dg.schedule(
         name="daily_refresh",
         job=ingest_job,
         cron_schedule=cron,
         execution_timezone=timezone,
-        default_status=dg.DefaultScheduleStatus.RUNNING if _on("GAN_SCHEDULES_RUNNING", False) else _STOPPED,
+        default_status=status,
         description=f"Scrape the day's raw_images for every class ({cron}, {timezone}); curation and shards follow.",
     )
     def daily_refresh(context: dg.ScheduleEvaluationContext):
         day = context.scheduled_execution_time.date().isoformat()
-        if day not in raw_partitions.partitions_defs[1].partitions_def.get_partition_keys():
+        if not daily_partitions.has_partition_key(day):
             return dg.SkipReason(f"{day} is outside the daily partitions (GAN_PARTITIONS_START)")
         return [
             dg.RunRequest(
