@@ -9,6 +9,7 @@ import argparse
 import os
 import shutil
 import sys
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -16,21 +17,33 @@ import dagster as dg
 from assets.settings import ensure_dagster_home, project_dir
 
 
-def partition_keys(asset: dg.AssetsDefinition, day: str) -> list[str | None]:
-    """The partitions one run of the pipeline fills: today's for daily dimensions, all static keys."""
+def partition_keys(
+    asset: dg.AssetsDefinition, day: str, only: Mapping[str, Collection[str]] | None = None
+) -> list[str | None]:
+    """The partitions one run of the pipeline fills: today's for daily dimensions, all static keys.
+
+    ``only`` narrows static keys: ``{"class": {"satellite"}}`` for a dimension of that name, and
+    ``{"": {"satellite"}}`` for a single static partitions definition (the experiments).
+    """
+    only = only or {}
+
+    def static(name: str, pdef: dg.PartitionsDefinition) -> list[str]:
+        keys = list(pdef.get_partition_keys())
+        return [k for k in keys if k in only[name]] if name in only else keys
+
     pdef = asset.partitions_def
     if pdef is None:
         return [None]
     if isinstance(pdef, dg.MultiPartitionsDefinition):
         keys: list[dict[str, str]] = [{}]
         for dim in pdef.partitions_defs:
-            values = [day] if isinstance(dim.partitions_def, dg.TimeWindowPartitionsDefinition) else None
-            values = values or list(dim.partitions_def.get_partition_keys())
+            is_time = isinstance(dim.partitions_def, dg.TimeWindowPartitionsDefinition)
+            values = [day] if is_time else static(dim.name, dim.partitions_def)
             keys = [{**k, dim.name: v} for k in keys for v in values]
         return [dg.MultiPartitionKey(k) for k in keys]
     if isinstance(pdef, dg.TimeWindowPartitionsDefinition):
         return [day]
-    return list(pdef.get_partition_keys())
+    return static("", pdef)
 
 
 def run_all(
@@ -39,6 +52,7 @@ def run_all(
     day: str,
     select: set[str] | None = None,
     run_config: dict[str, dict] | None = None,
+    only: Mapping[str, Collection[str]] | None = None,
 ) -> bool:
     """Materialise each asset (and its checks) partition by partition; returns True if all succeeded.
 
@@ -60,7 +74,7 @@ def run_all(
             if key not in by_key or (select and key.to_user_string() not in select):
                 continue
             name = key.to_user_string()
-            for pk in partition_keys(by_key[key], day):
+            for pk in partition_keys(by_key[key], day, only):
                 label = f"{name}[{pk}]" if pk else name
                 print(f"==> materialising {label}", flush=True)
                 result = dg.materialize(
@@ -101,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         help="generated images per checkpoint for FID/KID (default: gan_evaluation's own, 1000)",
     )
+    run.add_argument("--experiments", nargs="+", help="train and evaluate only these experiments (default: every one)")
     dev = sub.add_parser("dev", help="the Dagster UI and daemon (dagster dev) on the same instance")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to dagster dev, e.g. -p 3001")
     args = parser.parse_args(argv)
@@ -119,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
             overrides["gan_generator"] = {"config": {"steps": args.train_steps}}
         if args.eval_samples is not None:
             overrides["gan_evaluation"] = {"config": {"num_samples": args.eval_samples}}
-        ok = run_all(defs, instance, args.date, set(args.select) if args.select else None, overrides or None)
+        only = {"": set(args.experiments)} if args.experiments else None
+        ok = run_all(defs, instance, args.date, set(args.select) if args.select else None, overrides or None, only)
     print("pipeline finished" if ok else "pipeline FAILED: see the messages above", flush=True)
     return 0 if ok else 1
 
