@@ -1,13 +1,20 @@
-"""``gan_evaluation`` (FID/KID over training steps) and ``training_timelapse`` (the progress video).
+"""``gan_evaluation`` (FID/KID over training steps, and the HTML report) and ``training_timelapse``.
 
 Both are partitioned by experiment like ``gan_generator`` and read the run its latest materialisation
 reports (metadata ``run_dir``, ``dataset_version``, ``checkpoint_sha256``), so a score always belongs to
-the checkpoint and dataset version it names, also after a newer dataset version has appeared.
+the checkpoint and dataset version it names, also after a newer dataset version has appeared. The
+evaluation runs after the time-lapse, whose video goes into its report.
 
-Automation: both carry ``AutomationCondition.eager()``: they run when their experiment's
-``gan_generator`` partition is (re-)materialised, and only then. A new evaluation ``code_version`` marks
-only ``gan_evaluation`` stale (visible in the UI) without launching anything by itself. The
-``model_automation`` sensor that evaluates those conditions is on by default.
+Automation (:data:`ON_NEW_DATA_VERSION`): ``AutomationCondition.eager()`` with "a parent was updated"
+replaced by "a parent's data version changed". A new checkpoint (a new sha256) re-runs that experiment's
+time-lapse and evaluation; re-materialising ``gan_generator`` with nothing changed reports the same data
+version and re-runs nothing, nor does a new ``code_version`` (it marks the asset stale in the UI). The
+``automation`` sensor that evaluates these conditions is on by default.
+
+Honest numbers: without FID weights the evaluation skips FID/KID and says so (a warning in the summary,
+the report and the checks, never a number); weights whose sha256 is not the official file's are refused
+unless the user opts in, and their scores are then marked not comparable; the real-image count stands
+beside every score, with a warning below :data:`ganmodels.report.MEANINGFUL_IMAGES`.
 
 Data versions come from content: the evaluation's is a hash of the checkpoint sha256, the dataset
 version, the FID weights and the evaluation settings (the inputs that determine the scores); the
@@ -18,6 +25,7 @@ import hashlib
 import io
 import json
 import math
+from collections import Counter
 from pathlib import Path
 
 import dagster as dg
@@ -29,18 +37,39 @@ from assets.resources import FIDResource, StorageResource
 from pipelines.dataset import index_key, load_index
 from pipelines.storage import Storage, upload_file
 
-__all__ = ["EvaluationConfig", "TimelapseConfig", "build_evaluation_assets"]
+__all__ = ["ON_NEW_DATA_VERSION", "EvaluationConfig", "TimelapseConfig", "build_evaluation_assets"]
 
 GENERATOR = dg.AssetKey("gan_generator")
+TIMELAPSE = dg.AssetKey("training_timelapse")
+EVALUATION = dg.AssetKey("gan_evaluation")
+
+#: eager(), except that a parent counts as updated only when its data version changed (module docstring).
+ON_NEW_DATA_VERSION = (
+    dg.AutomationCondition.eager()
+    .replace("newly_updated", dg.AutomationCondition.data_version_changed())
+    .with_label("eager_on_new_data_version")
+)
 
 
 class EvaluationConfig(dg.Config):
-    num_samples: int = Field(1000, ge=2, description="generated images per checkpoint (published FIDs use 50,000)")
+    """Settings left unset are the ones this experiment's last evaluation used, else the defaults
+    (:data:`DEFAULT_SETTINGS`): an automated run keeps what the user last chose, so its cached scores are
+    reused and one curve never mixes sample sizes."""
+
+    num_samples: int | None = Field(
+        None, ge=2, description="generated images per checkpoint (default 1000; published FIDs use 50,000)"
+    )
     batch_size: int = Field(50, ge=1, description="images per Inception forward pass")
-    kid_subsets: int = Field(100, ge=1)
-    kid_subset_size: int = Field(1000, ge=2, description="clipped to the number of real and generated images")
-    seed: int = 0
+    kid_subsets: int | None = Field(None, ge=1, description="default 100")
+    kid_subset_size: int | None = Field(
+        None, ge=2, description="default 1000; clipped to the number of real and generated images"
+    )
+    seed: int | None = Field(None, description="default 0")
     all_checkpoints: bool = Field(True, description="score every saved step (the FID curve), not just the last")
+
+
+#: The scores' identity settings when neither the run config nor an earlier evaluation sets them.
+DEFAULT_SETTINGS = {"num_samples": 1000, "kid_subsets": 100, "kid_subset_size": 1000, "seed": 0}
 
 
 class TimelapseConfig(dg.Config):
@@ -67,13 +96,64 @@ def _lineage(store: Storage, gen: dict) -> dict[str, dg.MetadataValue]:
         "model": dg.MetadataValue.path(str(gen.get("model", gen["checkpoint"]))),
         "dataset_version": dg.MetadataValue.text(version),
         "dataset_index": dg.MetadataValue.path(store.uri(index_key(version))),
-        "dataset_samples": dg.MetadataValue.path(store.uri(f"datasets/versions/{version}/samples.parquet")),
+        "dataset_samples": dg.MetadataValue.path(store.uri(samples_key(version))),
         "run_dir": dg.MetadataValue.path(str(gen["run_dir"])),
     }
 
 
+def samples_key(version: str) -> str:
+    return f"datasets/versions/{version}/samples.parquet"
+
+
 def _digest(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def timelapse_key(experiment: str, checkpoint_sha256: str, suffix: str) -> str:
+    return f"timelapse/{experiment}/{checkpoint_sha256}{suffix}"
+
+
+def report_key(experiment: str, name: str) -> str:
+    """``reports/<experiment>/<checkpoint sha256>.html``, or ``latest.html``."""
+    return f"reports/{experiment}/{name}.html"
+
+
+def _identity_settings(context: dg.AssetExecutionContext, config: EvaluationConfig) -> dict[str, int]:
+    """Each identity setting from the run config, else from the partition's last evaluation, else the default."""
+    previous = latest_metadata(context, EVALUATION)
+    recorded = previous.metadata.get("eval_settings") if previous is not None else None
+    last = recorded.value if recorded is not None and isinstance(recorded.value, dict) else {}
+    chosen = config.model_dump()
+    return {k: chosen[k] if chosen[k] is not None else int(last.get(k, v)) for k, v in DEFAULT_SETTINGS.items()}
+
+
+def _counts_by_source(store: Storage, version: str) -> dict[str, dict[str, int]]:
+    """Split -> source -> images, from the dataset's samples table (the index counts only classes)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(io.BytesIO(store.get_bytes(samples_key(version))), columns=["split", "source"])
+    counts: dict[str, Counter] = {}
+    for row in table.to_pylist():
+        counts.setdefault(row["split"], Counter())[row["source"]] += 1
+    return {split: dict(sorted(c.items())) for split, c in sorted(counts.items())}
+
+
+def _final_frame(run_dir: Path, step: int) -> bytes | None:
+    """The progress frame of the final step (the fixed noise batch): the report's sample grid."""
+    from ganmodels.frames import frame_path
+
+    path = frame_path(run_dir / "frames", step)
+    return path.read_bytes() if path.is_file() else None
+
+
+def _timelapse_video(context: dg.AssetExecutionContext, store: Storage, gen: dict) -> bytes | None:
+    """The MP4 of the partition's time-lapse when it shows this very checkpoint, else None (said in the report)."""
+    mat = latest_metadata(context, TIMELAPSE)
+    shown = mat.metadata.get("checkpoint_sha256") if mat is not None else None
+    if shown is None or shown.value != gen["checkpoint_sha256"]:
+        return None
+    key = timelapse_key(context.partition_key, gen["checkpoint_sha256"], ".mp4")
+    return store.get_bytes(key) if store.exists(key) else None
 
 
 def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.AssetsDefinition]:
@@ -81,12 +161,12 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
 
     @dg.asset(
         name="gan_evaluation",
-        deps=[GENERATOR],
+        deps=[GENERATOR, TIMELAPSE],
         partitions_def=partitions,
-        code_version="1",
+        code_version="2",
         group_name="evaluate",
-        kinds={"pytorch"},
-        automation_condition=dg.AutomationCondition.eager(),
+        kinds={"pytorch", "html"},
+        automation_condition=ON_NEW_DATA_VERSION,
         check_specs=[
             dg.AssetCheckSpec("scores_finite", asset="gan_evaluation", description="FID and KID are finite numbers"),
             dg.AssetCheckSpec(
@@ -100,28 +180,31 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         context: dg.AssetExecutionContext, config: EvaluationConfig, storage: StorageResource, fid: FIDResource
     ) -> dg.MaterializeResult:
         """FID and KID of the experiment's generator against the holdout split of the dataset version it was
-        trained on, at every saved step (the FID curve) and for each class of a conditional model."""
-        from ganmodels.checkpoint import file_sha256
-        from ganmodels.evaluate import EvalSettings, Evaluator, fid_curve_png, list_snapshots
-        from ganmodels.inception import load_inception
+        trained on, at every saved step (the FID curve) and for each class of a conditional model, and a
+        self-contained HTML report (``reports/<experiment>/<checkpoint sha256>.html`` and ``latest.html``)."""
+        from ganmodels.evaluate import EvalSettings, Evaluator, list_snapshots
+        from ganmodels.inception import FIDWeightsUnavailable, UnofficialFIDWeights, load_inception
+        from ganmodels.report import ReportInputs, render_report, report_warnings, scores_plot_png, summary_line
 
+        experiment = context.partition_key
         gen = _generator_metadata(context)
         store = storage.open()
         index = load_index(store, gen["dataset_version"])
-        settings = EvalSettings(
-            num_samples=config.num_samples,
-            batch_size=config.batch_size,
-            kid_subsets=config.kid_subsets,
-            kid_subset_size=config.kid_subset_size,
-            seed=config.seed,
-            device=fid.device,
-        )
-        weights = fid.resolve()
-        weights_sha = file_sha256(weights)
+        settings = EvalSettings(**_identity_settings(context, config), batch_size=config.batch_size, device=fid.device)
+        skipped: str | None = None
+        weights_sha: str | None = None
+        official = False
+        try:
+            weights, weights_sha, official = fid.checked()
+        except FIDWeightsUnavailable as e:
+            skipped = str(e)
+            context.log.warning(f"FID skipped: {e}")
+        except UnofficialFIDWeights as e:
+            raise dg.Failure(str(e)) from None
         evaluator = Evaluator(
             store,
             index,
-            load_inception(weights),
+            load_inception(weights) if weights_sha else None,
             weights_sha,
             settings,
             endpoint_url=storage.endpoint_url,
@@ -135,47 +218,75 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         if not config.all_checkpoints:
             snapshots = [snapshots[0], snapshots[-1]] if len(snapshots) > 1 else snapshots
         scores = [evaluator.score(step, path) for step, path in snapshots]
-        last, first = scores[-1], scores[0]
+        last = scores[-1]
 
+        inputs = ReportInputs(
+            experiment=experiment,
+            scores=[s.to_dict() for s in scores],
+            fid_skipped=skipped,
+            fid_weights_sha256=weights_sha,
+            samples_per_s=float(gen["images_per_s"]) if gen.get("images_per_s") is not None else None,
+            samples_png=_final_frame(run_dir, final_step),
+            timelapse_mp4=_timelapse_video(context, store, gen),
+            dataset_version=index.version,
+            counts_by_class=index.counts,
+            counts_by_source=_counts_by_source(store, index.version),
+            config=gen.get("experiment_config") or {},
+            lineage={k: str(v.value) for k, v in _lineage(store, gen).items() if isinstance(v.value, str)},
+        )
+        summary, warnings = summary_line(inputs), report_warnings(inputs)
+        report_uri = store.uri(report_key(experiment, gen["checkpoint_sha256"]))
+        page = render_report(inputs).encode()
+        store.put_bytes(report_key(experiment, gen["checkpoint_sha256"]), page)
+        store.put_bytes(report_key(experiment, "latest"), page)
+        latest_uri = store.uri(report_key(experiment, "latest"))
+        context.log.info(f"report: {report_uri}")
         metadata: dict[str, object] = {
-            "fid": dg.MetadataValue.float(last.fid),
-            "kid": dg.MetadataValue.float(last.kid),
-            "kid_std": dg.MetadataValue.float(last.kid_std),
-            "num_samples": dg.MetadataValue.int(last.num_samples),
-            "num_real": dg.MetadataValue.int(last.num_real),
-            "kid_subset_size": dg.MetadataValue.int(last.kid_subset_size),
-            **_lineage(store, gen),
-            "fid_weights_sha256": dg.MetadataValue.text(weights_sha),
-            "real_stats": dg.MetadataValue.json(  # reused: stored by an earlier evaluation of this dataset version
+            "summary": dg.MetadataValue.text(summary),
+            "report": dg.MetadataValue.path(report_uri),
+            "report_latest": dg.MetadataValue.path(latest_uri),
+        }
+        if last.fid is not None:  # one series per sample count and weights: a history plot never mixes them
+            series = f"({last.num_samples} samples{'' if official else ', unofficial weights'})"
+            metadata[f"fid {series}"] = dg.MetadataValue.float(last.fid)
+            metadata[f"kid {series}"] = dg.MetadataValue.float(last.kid)
+            metadata["kid_std"] = dg.MetadataValue.float(last.kid_std)
+        metadata.update(
+            {
+                "fid_status": dg.MetadataValue.text(
+                    "skipped" if skipped else ("official weights" if official else "unofficial weights: not comparable")
+                ),
+                "num_samples": dg.MetadataValue.int(last.num_samples),
+                "num_real": dg.MetadataValue.int(last.num_real),
+                "kid_subset_size": dg.MetadataValue.int(last.kid_subset_size),
+                "diversity": dg.MetadataValue.float(_finite(last.diversity)),
+                "real_diversity": dg.MetadataValue.float(_finite(last.real_diversity)),
+                "scored_now": dg.MetadataValue.int(sum(not s.cached for s in scores)),
+                "eval_settings": dg.MetadataValue.json(settings.identity()),
+                **_lineage(store, gen),
+                "fid_weights_sha256": dg.MetadataValue.text(weights_sha or "none"),
+            }
+        )
+        if warnings:
+            metadata["warnings"] = dg.MetadataValue.md("\n".join(f"- {w}" for w in warnings))
+        if last.per_class:
+            metadata["per_class"] = dg.MetadataValue.json(last.per_class)
+        plot = scores_plot_png(inputs.scores, f"{experiment}: scores over steps")
+        if plot is not None:
+            metadata["scores_over_steps"] = png_markdown(plot, "FID and KID over steps")
+        metadata["scores"] = dg.MetadataValue.json(list(inputs.scores))
+        if not skipped:
+            metadata["real_stats"] = dg.MetadataValue.json(  # reused: stored by an earlier evaluation
                 {
                     c: {"key": store.uri(evaluator.real_key(c)), "reused": evaluator.real_reused.get(c, True)}
                     for c in last.classes
                 }
-            ),
-            "scores": dg.MetadataValue.json([s.to_dict() for s in scores]),
-            "scored_now": dg.MetadataValue.int(sum(not s.cached for s in scores)),
-            "fid_over_steps": png_markdown(fid_curve_png(scores, context.partition_key), "FID over steps"),
-        }
-        if last.per_class:
-            metadata["per_class"] = dg.MetadataValue.json(last.per_class)
-        finite = all(math.isfinite(v) for v in (last.fid, last.kid, last.kid_std))
-        checks = [
-            dg.AssetCheckResult(
-                check_name="scores_finite",
-                passed=finite,
-                metadata={"fid": last.fid, "kid": last.kid, "kid_std": last.kid_std},
-            ),
-            dg.AssetCheckResult(
-                check_name="beats_step_zero",
-                passed=first.step == 0 and last.step > 0 and last.fid < first.fid,
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"fid_step_0": first.fid if first.step == 0 else math.nan, "fid_final": last.fid},
-            ),
-        ]
+            )
+        checks = _checks(scores, skipped)
         version = _digest(
             {"checkpoint": gen["checkpoint_sha256"], "dataset": index.version, "weights": weights_sha, **vars(settings)}
         )
-        context.log.info(f"{context.partition_key}: FID {last.fid:.3f}, KID {last.kid:.5f} at step {last.step}")
+        context.log.info(f"{experiment}: {summary}")
         return dg.MaterializeResult(metadata=metadata, check_results=checks, data_version=dg.DataVersion(version))
 
     @dg.asset(
@@ -185,7 +296,7 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         code_version="1",
         group_name="evaluate",
         kinds={"video"},
-        automation_condition=dg.AutomationCondition.eager(),
+        automation_condition=ON_NEW_DATA_VERSION,
     )
     def training_timelapse(
         context: dg.AssetExecutionContext, config: TimelapseConfig, storage: StorageResource
@@ -212,13 +323,19 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             max_seconds=config.max_seconds,
             gif_size=config.gif_size,
         )
-        prefix = f"timelapse/{context.partition_key}/{gen['checkpoint_sha256']}"
         for suffix, path in ((".mp4", result.mp4_path), (".gif", result.gif_path)):
-            upload_file(store, path, prefix + suffix)
+            upload_file(store, path, timelapse_key(context.partition_key, gen["checkpoint_sha256"], suffix))
         version = _digest({"frames": [(s, file_sha256(p)) for s, p in frames], **config.model_dump()})
+        prefix = timelapse_key(context.partition_key, gen["checkpoint_sha256"], "")
+        video = store.uri(prefix + ".mp4")
         metadata = {
-            "video": dg.MetadataValue.path(store.uri(prefix + ".mp4")),
-            "gif": dg.MetadataValue.path(store.uri(prefix + ".gif")),
+            "summary": dg.MetadataValue.text(
+                f"{result.frame_count} frames, steps {frames[0][0]}..{frames[-1][0]}, {result.duration_s:.1f} s"
+            ),
+            "video": dg.MetadataValue.path(video),
+            "gif": dg.MetadataValue.path(
+                store.uri(timelapse_key(context.partition_key, gen["checkpoint_sha256"], ".gif"))
+            ),
             "duration_s": dg.MetadataValue.float(result.duration_s),
             "frame_count": dg.MetadataValue.int(result.frame_count),
             "frames_skipped": dg.MetadataValue.int(result.skipped),
@@ -235,3 +352,38 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
     return [gan_evaluation, training_timelapse]
+
+
+def _finite(value: float | None) -> float:
+    return value if value is not None and math.isfinite(value) else math.nan
+
+
+def _checks(scores: list, skipped: str | None) -> list[dg.AssetCheckResult]:
+    """``scores_finite`` and ``beats_step_zero``; both warn (not pass) when FID was skipped."""
+    last, first = scores[-1], scores[0]
+    if skipped:
+        note = {"skipped": "FID skipped: no FID weights (see the materialisation's report)"}
+        return [
+            dg.AssetCheckResult(
+                check_name=name,
+                passed=False,
+                severity=dg.AssetCheckSeverity.WARN,
+                metadata=note,
+                description=note["skipped"],
+            )
+            for name in ("scores_finite", "beats_step_zero")
+        ]
+    finite = all(math.isfinite(v) for v in (last.fid, last.kid, last.kid_std))
+    return [
+        dg.AssetCheckResult(
+            check_name="scores_finite",
+            passed=finite,
+            metadata={"fid": last.fid, "kid": last.kid, "kid_std": last.kid_std},
+        ),
+        dg.AssetCheckResult(
+            check_name="beats_step_zero",
+            passed=first.step == 0 and last.step > 0 and last.fid < first.fid,
+            severity=dg.AssetCheckSeverity.WARN,
+            metadata={"fid_step_0": first.fid if first.step == 0 else math.nan, "fid_final": last.fid},
+        ),
+    ]

@@ -89,6 +89,11 @@ class FIDResource(dg.ConfigurableResource):
     weights_path: str | None = Field(None, description="the weights file; default $GAN_FID_WEIGHTS")
     cache_dir: str | None = Field(None, description="where downloads go; default $GAN_FID_WEIGHTS_CACHE or ~/.cache")
     allow_download: bool = Field(True, description="download the weights from the standard URL when missing")
+    allow_unofficial_weights: bool | None = Field(
+        None,
+        description="score with weights whose sha256 is not the official file's (scores marked not comparable); "
+        "default $GAN_FID_ALLOW_UNOFFICIAL_WEIGHTS=1",
+    )
     device: str = Field("auto", description="'auto' (CUDA when present), 'cpu' or 'cuda:N'")
 
     def resolve(self) -> Path:
@@ -96,3 +101,15 @@ class FIDResource(dg.ConfigurableResource):
 
         path = self.weights_path or os.environ.get("GAN_FID_WEIGHTS") or None
         return resolve_weights(path, self.cache_dir, allow_download=self.allow_download)
+
+    def checked(self) -> tuple[Path, str, bool]:
+        """``(path, sha256, official)`` of the weights; raises ``UnofficialFIDWeights`` for another file unless
+        allowed, and ``FIDWeightsUnavailable`` when there is none."""
+        from ganmodels.inception import UNOFFICIAL_ENV_VAR, check_weights
+
+        path = self.resolve()
+        allow = self.allow_unofficial_weights
+        if allow is None:
+            allow = os.environ.get(UNOFFICIAL_ENV_VAR) == "1"
+        digest, official = check_weights(path, allow_unofficial=allow)
+        return path, digest, official

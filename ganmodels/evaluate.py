@@ -12,6 +12,13 @@ sampling generator, its net config and its class names). :class:`Evaluator` scor
   conditional G also per class. A snapshot's scores are stored under its own sha256 and the evaluation
   settings (``eval/scores/<snapshot sha256>/<identity>.json``), so a snapshot is never scored twice.
 
+Without FID weights (``extractor=None``) FID and KID are skipped, never estimated with other features:
+the scores hold ``None`` there and the sample diversity (below) is still computed.
+
+Every score also carries the **sample diversity**: the mean pairwise L2 distance of the generated images
+(pixels in [-1, 1]), beside the same measure on the real holdout images. It needs no weights; a value far
+below the real one is mode collapse.
+
 Nothing here imports dagster: ``assets/evaluation.py`` calls it, and a script can too.
 """
 
@@ -32,6 +39,7 @@ import torch
 
 from ganmodels.checkpoint import file_sha256, list_checkpoints, load_checkpoint
 from ganmodels.data import ShardImageDataset
+from ganmodels.frames import mean_pairwise_distance
 from ganmodels.metrics import FeatureStats, extract_features, fid_from_features, kid, to_uint8
 from ganmodels.nets import NetConfig, build
 from pipelines.dataset import DatasetIndex
@@ -39,7 +47,10 @@ from pipelines.storage import Storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["EvalSettings", "Evaluator", "SnapshotScore", "fid_curve_png", "list_snapshots", "load_generator"]
+__all__ = ["EvalSettings", "Evaluator", "SnapshotScore", "list_snapshots", "load_generator"]
+
+#: Pairwise distances are quadratic in the count; this many images give the diversity to about 1%.
+_DIVERSITY_IMAGES = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,16 +74,20 @@ class EvalSettings:
 
 @dataclasses.dataclass
 class SnapshotScore:
+    """One snapshot's scores; ``fid``/``kid``/``kid_std`` are None when FID was skipped (no weights)."""
+
     step: int
     snapshot_sha256: str
-    fid: float
-    kid: float
-    kid_std: float
+    fid: float | None
+    kid: float | None
+    kid_std: float | None
     num_samples: int
     num_real: int
     kid_subset_size: int
     classes: list[str]
     per_class: dict[str, dict[str, float]]
+    diversity: float | None = None  # mean pairwise L2 distance of the generated images (absent in old records)
+    real_diversity: float | None = None  # the same of the real holdout images
     cached: bool = False  # loaded from storage, not computed now
 
     def to_dict(self) -> dict[str, Any]:
@@ -102,15 +117,16 @@ class Evaluator:
     """Scores generator snapshots of runs trained on one dataset version (module docstring).
 
     ``extractor`` is the FID Inception network (:func:`ganmodels.inception.load_inception`) and
-    ``weights_sha256`` names its weights: features from other weights are other features.
+    ``weights_sha256`` names its weights: features from other weights are other features. Both None: FID
+    and KID are skipped, the diversity is still measured.
     """
 
     def __init__(
         self,
         store: Storage,
         index: DatasetIndex,
-        extractor: torch.nn.Module,
-        weights_sha256: str,
+        extractor: torch.nn.Module | None,
+        weights_sha256: str | None,
         settings: EvalSettings,
         *,
         endpoint_url: str | None = None,
@@ -119,13 +135,14 @@ class Evaluator:
         self.store = store
         self.index = index
         self.extractor = extractor
-        self.weights_id = weights_sha256[:16]
+        self.weights_id = weights_sha256[:16] if weights_sha256 else "no-fid"
         self.settings = settings
         self.endpoint_url = endpoint_url
         self.device = _device(settings.device)
         self.progress = progress or log.info
         self.real_reused: dict[str, bool] = {}  # class -> loaded from storage (True) or extracted now
         self._real: dict[str, np.ndarray] = {}
+        self._real_pixels: dict[str, tuple[int, float]] = {}  # class -> (holdout count, diversity)
 
     # ---- real images -------------------------------------------------------------------------------------
 
@@ -152,8 +169,23 @@ class Evaluator:
         for images, _ in loader:  # decoded as x / 127.5 - 1: this recovers the stored uint8 pixels exactly
             yield images.add(1).mul(127.5).round().clamp(0, 255).to(torch.uint8)
 
+    def real_pixels(self, classes: Sequence[str]) -> tuple[int, float]:
+        """(holdout image count, diversity) of the union of ``classes``: what needs no FID weights."""
+        key = ",".join(classes)
+        if key not in self._real_pixels:
+            seen = 0
+            kept: list[torch.Tensor] = []
+            for cls in classes:
+                for batch in self._holdout_batches(cls):
+                    seen += len(batch)
+                    kept.append(batch[: max(0, _DIVERSITY_IMAGES - sum(len(k) for k in kept))])
+            images = torch.cat(kept) if kept else torch.empty(0, 3, 1, 1, dtype=torch.uint8)
+            self._real_pixels[key] = (seen, _diversity(images))
+        return self._real_pixels[key]
+
     def real_features(self, cls: str) -> np.ndarray:
         """The holdout features of one class: loaded when stored, else extracted and stored (atomically)."""
+        assert self.extractor is not None, "real features need the FID network"
         if cls in self._real:
             return self._real[cls]
         key = self.real_key(cls)
@@ -188,14 +220,17 @@ class Evaluator:
         return report
 
     @torch.no_grad()
-    def _generated(self, g: torch.nn.Module, net: dict, labels: torch.Tensor | None) -> Iterator[torch.Tensor]:
+    def _generated(self, g: torch.nn.Module, net: dict, labels: torch.Tensor | None) -> torch.Tensor:
+        """``num_samples`` images from the fixed, seeded noise, as uint8 (N, C, H, W) on the CPU."""
         s = self.settings
         noise = torch.Generator().manual_seed(s.seed)
+        out = []
         for start in range(0, s.num_samples, s.batch_size):
             n = min(s.batch_size, s.num_samples - start)
             z = torch.randn(n, net["latent_dim"], generator=noise).to(self.device)
             y = labels[start : start + n].to(self.device) if labels is not None else None
-            yield to_uint8(g(z, y).float().cpu())
+            out.append(to_uint8(g(z, y).float().cpu()))
+        return torch.cat(out)
 
     # ---- scoring -----------------------------------------------------------------------------------------
 
@@ -217,44 +252,52 @@ class Evaluator:
             return SnapshotScore(**json.loads(self.store.get_bytes(key)), cached=True)
         g, info = load_generator(path, self.device)
         classes: list[str] = list(info["classes"])
-        real = {c: self.real_features(c) for c in classes}
         conditional = info["net"]["num_classes"] > 0
         labels = torch.arange(len(classes)).repeat_interleave(math.ceil(self.settings.num_samples / len(classes)))
         labels = labels[: self.settings.num_samples] if conditional else None
-        self.progress(f"step {step}: sampling and extracting {self.settings.num_samples} images")
-        fake = extract_features(
-            self.extractor,
-            self._generated(g, info["net"], labels),
-            device=self.device,
-            progress=self._counter(f"step {step} samples"),
-        )
-        real_all = np.concatenate([real[c] for c in classes])
-        k_mean, k_std, size = self._kid(fake, real_all)
-        per_class: dict[str, dict[str, float]] = {}
-        if conditional and len(classes) > 1:
-            for i, c in enumerate(classes):
-                mine = fake[(labels == i).numpy()]
-                c_mean, c_std, _ = self._kid(mine, real[c])
-                per_class[c] = {
-                    "fid": fid_from_features(mine, real[c]),
-                    "kid": c_mean,
-                    "kid_std": c_std,
-                }
+        self.progress(f"step {step}: sampling {self.settings.num_samples} images")
+        images = self._generated(g, info["net"], labels)
+        num_real, real_diversity = self.real_pixels(classes)
         result = SnapshotScore(
             step=step,
             snapshot_sha256=sha,
-            fid=fid_from_features(fake, real_all),
-            kid=k_mean,
-            kid_std=k_std,
-            num_samples=len(fake),
-            num_real=len(real_all),
-            kid_subset_size=size,
+            fid=None,
+            kid=None,
+            kid_std=None,
+            num_samples=len(images),
+            num_real=num_real,
+            kid_subset_size=0,
             classes=classes,
-            per_class=per_class,
+            per_class={},
+            diversity=_diversity(images),
+            real_diversity=real_diversity,
         )
+        if self.extractor is not None:
+            self._fid_kid(result, images, labels)
         self.store.put_bytes(key, json.dumps(result.to_dict(), indent=1).encode())
-        self.progress(f"step {step}: FID {result.fid:.3f}  KID {result.kid:.5f} ± {result.kid_std:.5f}")
+        fid = "skipped" if result.fid is None else f"{result.fid:.3f}"
+        self.progress(f"step {step}: FID {fid}, diversity {result.diversity:.2f} (real {real_diversity:.2f})")
         return result
+
+    def _fid_kid(self, result: SnapshotScore, images: torch.Tensor, labels: torch.Tensor | None) -> None:
+        """Fill in FID and KID (overall, and per class for a conditional G) from Inception features."""
+        assert self.extractor is not None
+        real = {c: self.real_features(c) for c in result.classes}
+        s = self.settings
+        fake = extract_features(
+            self.extractor,
+            (images[i : i + s.batch_size] for i in range(0, len(images), s.batch_size)),
+            device=self.device,
+            progress=self._counter(f"step {result.step} samples"),
+        )
+        real_all = np.concatenate([real[c] for c in result.classes])
+        result.fid = fid_from_features(fake, real_all)
+        result.kid, result.kid_std, result.kid_subset_size = self._kid(fake, real_all)
+        if labels is not None and len(result.classes) > 1:
+            for i, c in enumerate(result.classes):
+                mine = fake[(labels == i).numpy()]
+                c_mean, c_std, _ = self._kid(mine, real[c])
+                result.per_class[c] = {"fid": fid_from_features(mine, real[c]), "kid": c_mean, "kid_std": c_std}
 
     def score_run(self, run_dir: str | Path, up_to_step: int | None = None) -> list[SnapshotScore]:
         """Every snapshot of a run (up to ``up_to_step``), oldest first; already-scored ones are loaded."""
@@ -264,27 +307,7 @@ class Evaluator:
         return [self.score(step, path) for step, path in snapshots]
 
 
-def fid_curve_png(scores: Sequence[SnapshotScore], title: str) -> bytes:
-    """FID (and per-class FID) over training steps as a PNG line plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
-    try:
-        steps = [s.step for s in scores]
-        ax.plot(steps, [s.fid for s in scores], marker="o", label="FID")
-        for c in scores[-1].per_class if scores else []:
-            ax.plot(steps, [s.per_class.get(c, {}).get("fid", math.nan) for s in scores], ls="--", label=f"FID {c}")
-        ax.set_xlabel("training step")
-        ax.set_ylabel("FID (lower is better)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        buf = io.BytesIO()
-        fig.savefig(buf, format="png")
-        return buf.getvalue()
-    finally:
-        plt.close(fig)
+def _diversity(images: torch.Tensor) -> float:
+    """Mean pairwise L2 distance of up to ``_DIVERSITY_IMAGES`` uint8 images, on pixels scaled to [-1, 1]."""
+    sample = images[:_DIVERSITY_IMAGES].float().div(127.5).sub(1.0)
+    return mean_pairwise_distance(sample) if len(sample) > 1 else math.nan

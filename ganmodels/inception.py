@@ -30,12 +30,15 @@ from torch import Tensor, nn
 from pipelines.storage import atomic_file
 
 __all__ = [
+    "UNOFFICIAL_ENV_VAR",
     "WEIGHTS_ENV_VAR",
     "WEIGHTS_FILENAME",
     "WEIGHTS_SHA256",
     "WEIGHTS_URL",
     "FIDInceptionV3",
     "FIDWeightsUnavailable",
+    "UnofficialFIDWeights",
+    "check_weights",
     "default_cache_dir",
     "load_inception",
     "resize_like_tf1",
@@ -51,12 +54,42 @@ WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.
 # projects that pin the file, some as pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``, the same bytes.
 WEIGHTS_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 WEIGHTS_ENV_VAR = "GAN_FID_WEIGHTS_CACHE"
+#: Set to 1 to score with weights whose sha256 is not the official file's (scores are marked not comparable).
+UNOFFICIAL_ENV_VAR = "GAN_FID_ALLOW_UNOFFICIAL_WEIGHTS"
 INPUT_SIZE = 299
 _CHUNK = 1 << 20
 
 
 class FIDWeightsUnavailable(RuntimeError):
     """No Inception weights file could be found or downloaded; the message says how to provide one."""
+
+
+class UnofficialFIDWeights(ValueError):
+    """The weights file is not the official one: its FID/KID would not be comparable with anyone's."""
+
+
+def check_weights(
+    path: str | Path, *, allow_unofficial: bool = False, sha256: str = WEIGHTS_SHA256
+) -> tuple[str, bool]:
+    """``(sha256 of the file, whether it is the official file)``, refusing other weights unless allowed.
+
+    A converted, truncated or test weights file loads and produces numbers that look like FIDs; only the
+    digest tells them apart, so every file is hashed (about 0.3 s), wherever it came from.
+    """
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    digest = h.hexdigest()
+    official = digest == sha256.lower()
+    if not official and not allow_unofficial:
+        raise UnofficialFIDWeights(
+            f"FID weights {path} have sha256 {digest}, not the official {WEIGHTS_FILENAME} ({sha256}): scores "
+            f"from them are not comparable with published FIDs. Use the official file, or opt in with "
+            f"${UNOFFICIAL_ENV_VAR}=1 (or allow_unofficial_weights of the `fid` resource); such scores are "
+            "then marked not comparable."
+        )
+    return digest, official
 
 
 def default_cache_dir() -> Path:
@@ -89,10 +122,10 @@ def resolve_weights(
 ) -> Path:
     """The Inception weights file: ``path`` if given, else the cached copy, else a verified download.
 
-    An explicit ``path`` must exist (a typo should fail loudly, not silently fetch another file) and is not
-    hashed, so converted or test weights can be used on purpose. The cached file is trusted: it is only
-    ever written whole (atomic rename) after its sha256 matched. ``url`` and ``sha256`` are parameters so
-    a mirror can be used.
+    An explicit ``path`` must exist (a typo should fail loudly, not silently fetch another file). Which
+    file it is, is :func:`check_weights`' business: the evaluation hashes whatever this returns, since a
+    cache directory can hold anything a user put there. ``url`` and ``sha256`` are parameters so a mirror
+    can be used.
 
     Raises ``FileNotFoundError`` for a missing explicit path and :class:`FIDWeightsUnavailable` when there
     is no cached file and the download is disabled or fails (network error, HTTP error, wrong digest).

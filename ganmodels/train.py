@@ -754,6 +754,12 @@ class Trainer:
             net.train(was_training)
         return images
 
+    def _edge_frame(self, writer: Any) -> None:
+        """The first (step 0) and last frames, whatever ``frame_every`` is: a short run still has a
+        time-lapse that starts from noise and ends at the returned checkpoint."""
+        if self.config.frame_every and self.is_main and not frame_path(self.frames_dir, self.step).exists():
+            self._frame(writer)
+
     def _warn(self, msg: str) -> None:
         log.warning(msg)
         self.monitor["warnings"].append(msg)
@@ -766,6 +772,8 @@ class Trainer:
         writer.add_image("samples", arr if arr.ndim == 3 else arr[:, :, None], self.step, dataformats="HWC")
         diversity = mean_pairwise_distance(images)
         writer.add_scalar("samples/diversity", diversity, self.step)
+        if self.step == 0:
+            return  # the untrained G's diversity is no baseline for mode collapse
         early = self.monitor["early_diversity"]
         if early is None:
             self.monitor["early_diversity"] = diversity
@@ -811,6 +819,8 @@ class Trainer:
         win_t, win_images = t0, 0.0
         path: Path | None = None
         log.info("training on %s from step %d to %d", self.device, self.step, cfg.steps)
+        if self.step == 0:
+            self._edge_frame(writer)
         try:
             while self.step < cfg.steps:
                 want = (self.step + 1) % cfg.log_every == 0 or self.step + 1 == cfg.steps
@@ -844,6 +854,8 @@ class Trainer:
                     )
                 if cfg.frame_every and self.step % cfg.frame_every == 0 and self.is_main:
                     self._frame(writer)
+                elif self.step == cfg.steps:
+                    self._edge_frame(writer)
                 if self.step % cfg.checkpoint_every == 0 and self.step < cfg.steps:
                     path = self.save()
                     writer.flush()

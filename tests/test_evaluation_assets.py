@@ -26,6 +26,7 @@ COND = {**TINY, "net": {**TINY["net"], "num_classes": 2}, "classes": ["dog", "nu
 EVAL = {"num_samples": 8, "batch_size": 8, "kid_subsets": 5, "kid_subset_size": 6}
 TIMELAPSE = {"size": 64, "gif_size": 32, "fps": 4}
 GEN, EVA, TL = dg.AssetKey("gan_generator"), dg.AssetKey("gan_evaluation"), dg.AssetKey("training_timelapse")
+SERIES = "(8 samples, unofficial weights)"
 
 
 @pytest.fixture
@@ -40,7 +41,9 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fid_weights: Path) -> d
     resources = {
         "storage": StorageResource(root_url=root.as_uri()),
         "training_launcher": TrainingLauncher(),
-        "fid": FIDResource(weights_path=str(fid_weights), allow_download=False, device="cpu"),
+        "fid": FIDResource(
+            weights_path=str(fid_weights), allow_download=False, allow_unofficial_weights=True, device="cpu"
+        ),
     }
     return {"root": root, "assets": assets, "resources": resources}
 
@@ -78,10 +81,20 @@ def test_scores_checks_lineage_and_reuse(env, instance):
 
     # the scores of every saved step (0, 2, 3), the final ones at the top
     assert [s["step"] for s in md["scores"]] == [0, 2, 3] and md["scored_now"] == 3
-    assert md["fid"] == md["scores"][-1]["fid"] and math.isfinite(md["fid"]) and md["fid"] > 0
-    assert math.isfinite(md["kid"]) and md["kid_std"] >= 0
+    # one metadata series per sample count and weights, so the UI's history plot never mixes them
+    fid, kid = md[f"fid {SERIES}"], md[f"kid {SERIES}"]
+    assert fid == md["scores"][-1]["fid"] and math.isfinite(fid) and fid > 0
+    assert math.isfinite(kid) and md["kid_std"] >= 0
     assert md["num_samples"] == 8 and md["num_real"] == 8 and md["kid_subset_size"] == 6
-    assert md["fid_over_steps"].startswith("![FID over steps](data:image/png;base64,")
+    assert md["scores_over_steps"].startswith("![FID and KID over steps](data:image/png;base64,")
+    # the summary comes first and says what the numbers are worth: counts, and not comparable (test weights)
+    assert next(iter(md)) == "summary" and md["summary"].startswith(f"FID {fid:.1f} (8 generated vs 8 real)")
+    assert "not comparable" in md["summary"] and md["fid_status"] == "unofficial weights: not comparable"
+    assert "Inception feature dimension" in md["warnings"]  # 8 real images are far too few
+    report = Path(md["report"].removeprefix("file://"))
+    assert report == store.local_path(f"reports/tiny/{gen['checkpoint_sha256']}.html") and report.is_file()
+    assert store.local_path("reports/tiny/latest.html").read_bytes() == report.read_bytes()
+    assert "<video" in report.read_text()  # the time-lapse ran first and is embedded
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["scores_finite"].passed
     assert checks["beats_step_zero"].metadata["fid_step_0"].value == md["scores"][0]["fid"]
@@ -96,10 +109,10 @@ def test_scores_checks_lineage_and_reuse(env, instance):
 
     # the time-lapse: one frame per step, in storage, with the checkpoint it shows
     tl = _md(result, "training_timelapse")
-    assert tl["frame_count"] == 3 and tl["checkpoint_sha256"] == gen["checkpoint_sha256"]
+    assert tl["frame_count"] == 4 and tl["checkpoint_sha256"] == gen["checkpoint_sha256"]  # steps 0..3
     video = store.local_path(f"timelapse/tiny/{gen['checkpoint_sha256']}.mp4")
     assert tl["video"] == store.uri(f"timelapse/tiny/{gen['checkpoint_sha256']}.mp4") and video.stat().st_size > 0
-    assert tl["duration_s"] == pytest.approx(3 / 4, abs=0.05)
+    assert tl["duration_s"] == pytest.approx(4 / 4, abs=0.05)
 
     # Again: every score and the real statistics come from storage; same data version.
     again = _run(env, instance, [EVA], "tiny")
@@ -117,13 +130,31 @@ def test_conditional_model_gets_per_class_scores(env, instance):
     md = _md(_run(env, instance, [EVA], "cond"), "gan_evaluation")
     assert set(md["per_class"]) == {"dog", "null"}
     assert all(math.isfinite(v["fid"]) for v in md["per_class"].values())
+    assert set(md["scores"][-1]["per_class"]) == {"dog", "null"}
     assert md["num_real"] == 16 and set(md["real_stats"]) == {"dog", "null"}
 
 
-def test_missing_weights_fail_with_instructions(env, instance, tmp_path):
+def test_without_weights_fid_is_skipped_and_said_so(env, instance, tmp_path):
+    """No weights (a newcomer's offline machine): no number pretends to be a FID; the rest is computed."""
     env["resources"]["fid"] = FIDResource(cache_dir=str(tmp_path / "empty"), allow_download=False)
     _run(env, instance, [GEN], "tiny")
-    with pytest.raises(Exception, match="GAN_FID_WEIGHTS"):
+    result = _run(env, instance, [TL, EVA], "tiny")
+    md = _md(result, "gan_evaluation")
+    assert md["summary"].startswith("FID skipped: FID Inception weights are not available")
+    assert md["fid_status"] == "skipped" and not any(k.startswith(("fid (", "kid (")) for k in md)
+    assert all(s["fid"] is None and s["kid"] is None for s in md["scores"])
+    # computed without weights (the 3-step tiny G still draws near-constant images: diversity about 0)
+    assert md["num_real"] == 8 and 0 <= md["diversity"] < md["real_diversity"]
+    assert "GAN_FID_WEIGHTS" in Path(md["report"].removeprefix("file://")).read_text()  # how to get them
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    assert not checks["scores_finite"].passed and checks["scores_finite"].severity == dg.AssetCheckSeverity.WARN
+
+
+def test_unofficial_weights_are_refused_unless_allowed(env, instance, fid_weights, monkeypatch):
+    monkeypatch.delenv("GAN_FID_ALLOW_UNOFFICIAL_WEIGHTS", raising=False)
+    env["resources"]["fid"] = FIDResource(weights_path=str(fid_weights), allow_download=False, device="cpu")
+    _run(env, instance, [GEN, TL], "tiny")
+    with pytest.raises(Exception, match=r"not the official .* \$GAN_FID_ALLOW_UNOFFICIAL_WEIGHTS=1"):
         dg.materialize(
             env["assets"],
             selection=[EVA],
@@ -132,6 +163,20 @@ def test_missing_weights_fail_with_instructions(env, instance, tmp_path):
             resources=env["resources"],
             run_config={"ops": {"gan_evaluation": {"config": EVAL}}},
         )
+    monkeypatch.setenv("GAN_FID_ALLOW_UNOFFICIAL_WEIGHTS", "1")  # the opt-in, from the environment
+    md = _md(_run(env, instance, [EVA], "tiny"), "gan_evaluation")
+    assert md["fid_status"] == "unofficial weights: not comparable" and f"fid {SERIES}" in md
+
+
+def test_an_unattended_evaluation_keeps_the_sample_count_last_chosen(env, instance):
+    """The automation sensor launches with default config: it reuses the user's count, and its scores."""
+    _run(env, instance, [GEN, TL], "tiny")
+    first = _md(_run(env, instance, [EVA], "tiny"), "gan_evaluation")
+    result = dg.materialize(
+        env["assets"], selection=[EVA], partition_key="tiny", instance=instance, resources=env["resources"]
+    )
+    again = _md(result, "gan_evaluation")
+    assert again["num_samples"] == first["num_samples"] == 8 and again["scored_now"] == 0
 
 
 def _stale(assets, instance) -> set[tuple[str, str]]:
@@ -171,6 +216,13 @@ def test_a_new_checkpoint_reruns_only_its_evaluation_and_timelapse(env, instance
     wanted, cursor = _requested(env, assets, instance, cursor)
     assert wanted == set()  # nothing changed: nothing runs
 
+    # Re-materialising a generator with nothing changed records a new materialisation with the same data
+    # version: eager() would re-run everything downstream; a data-version condition runs nothing.
+    assert _md(_run(env, instance, [GEN], "tiny"), "gan_generator")["reused_previous"] is True
+    assert _stale(assets, instance) == set()
+    wanted, cursor = _requested(env, assets, instance, cursor)
+    assert wanted == set()
+
     # Retrain one experiment further: only its evaluation and time-lapse are stale and get requested.
     _run(env, instance, [GEN], "tiny", steps=4)
     assert _stale(assets, instance) == {("gan_evaluation", "tiny"), ("training_timelapse", "tiny")}
@@ -185,7 +237,7 @@ def test_a_new_checkpoint_reruns_only_its_evaluation_and_timelapse(env, instance
     # A new evaluation code version: the evaluations are stale, the time-lapses not; automation leaves it
     # to the user (eager conditions react to new upstream data, not to code).
     bumped = [
-        a.map_asset_specs(lambda s: s.replace_attributes(code_version="2")) if a.key == EVA else a for a in assets
+        a.map_asset_specs(lambda s: s.replace_attributes(code_version="new")) if a.key == EVA else a for a in assets
     ]
     assert _stale(bumped, instance) == {("gan_evaluation", "tiny"), ("gan_evaluation", "cond")}
     wanted, cursor = _requested(env, bumped, instance, cursor)

@@ -304,13 +304,24 @@ def test_frames_written_at_the_right_steps(tmp_path):
     cfg = tiny_config(steps=5, frame_every=2, frame_count=6, frame_nrow=4, ema_decay=0.9)
     run(cfg, tmp_path)
     frames = sorted(p.name for p in (tmp_path / "frames").iterdir())
-    assert frames == ["step-00000002.png", "step-00000004.png"]
+    # every frame_every steps, plus the untrained G at step 0 and the final step
+    assert frames == ["step-00000000.png", "step-00000002.png", "step-00000004.png", "step-00000005.png"]
     for name in frames:
         with Image.open(tmp_path / "frames" / name) as im:
             im.verify()
         with Image.open(tmp_path / "frames" / name) as im:
             assert im.format == "PNG" and im.mode == "RGB"
             assert im.size == grid_size(6, 32, 32, 4) == (4 * 34 + 2, 2 * 34 + 2)
+
+
+def test_a_run_shorter_than_frame_every_still_has_first_and_last_frames(tmp_path):
+    """``make run`` trains fewer steps than the experiments' frame_every: the time-lapse still has frames."""
+    run(tiny_config(steps=3, frame_every=250), tmp_path)
+    assert sorted(p.name for p in (tmp_path / "frames").iterdir()) == ["step-00000000.png", "step-00000003.png"]
+    run(tiny_config(steps=5, frame_every=250), tmp_path)  # raising steps resumes: step 0 is not redrawn
+    names = sorted(p.name for p in (tmp_path / "frames").iterdir())
+    assert names == ["step-00000000.png", "step-00000003.png", "step-00000005.png"]
+    assert not any(p.name.startswith(".") for p in (tmp_path / "frames").iterdir())  # no temp files left
 
 
 def test_tensorboard_scalars_and_images(tmp_path):

@@ -113,6 +113,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, fid_weights: Path) -> Itera
         "GAN_EXPERIMENTS_FILE": str(experiments),
         "GAN_RUNS_DIR": str(base / "runs"),
         "GAN_FID_WEIGHTS": str(fid_weights),
+        "GAN_FID_ALLOW_UNOFFICIAL_WEIGHTS": "1",
         "GAN_S3_ENDPOINT_URL": None,
         "OMP_NUM_THREADS": "1",
     }

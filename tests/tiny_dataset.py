@@ -9,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.dataset import LATEST_KEY, index_key
+from pipelines.dataset import LATEST_KEY, SAMPLES_SCHEMA, index_key
 from pipelines.shards import write_shards
 from pipelines.storage import LocalStorage
 
@@ -32,11 +34,32 @@ def write_dataset(root: Path, n: int = 64, per_shard: int = 8, resolution: int =
         "train": write_shards(storage, samples[:n], max_count=per_shard),
         "holdout": write_shards(storage, samples[n:], max_count=per_shard) if holdout else [],
     }
+    rows = [
+        {
+            "key": s["__key__"],
+            "class": CLASSES[s["cls"]],
+            "cls": s["cls"],
+            "split": "train" if i < n else "holdout",
+            "shard": "",
+            "source": f"tiny_{CLASSES[s['cls']]}",
+            "url": f"file:///tiny/{i}.png",
+            "raw_partition": "",
+        }
+        for i, s in enumerate(samples)
+    ]
+    counts: dict[str, dict[str, int]] = {}
+    for r in rows:
+        counts.setdefault(r["split"], {}).setdefault(r["class"], 0)
+        counts[r["split"]][r["class"]] += 1
     index = {
         "classes": CLASSES,
         "preprocessing": {"resolution": resolution, "image_format": "png"},
         "splits": {k: [dataclasses.asdict(i) for i in v] for k, v in splits.items()},
+        "counts": counts,
     }
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows, schema=SAMPLES_SCHEMA), buf)
+    storage.put_bytes("datasets/versions/v1/samples.parquet", buf.getvalue())
     storage.put_bytes(index_key("v1"), json.dumps(index).encode())
     storage.put_bytes(LATEST_KEY, json.dumps({"version": "v1", "index": index_key("v1")}).encode())
     return "v1"
