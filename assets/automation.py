@@ -22,8 +22,8 @@ from datetime import UTC, datetime
 
 import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
-from dagster_shared.error import SerializableErrorInfo
 
+from assets.errors import describe
 from assets.partitions import daily_partitions
 from assets.resources import StorageResource
 from pipelines.sources import CLASSES
@@ -94,15 +94,6 @@ def retrain_sensor(experiments: list[str], train_job: UnresolvedAssetJobDefiniti
     return retrain_on_new_data
 
 
-def _describe(error: SerializableErrorInfo) -> str:
-    """The error and its causes ("Error occurred while executing op" wraps the user's exception)."""
-    parts = []
-    while error is not None:
-        parts.append(error.message.strip())
-        error = error.cause
-    return " <- ".join(parts)
-
-
 @dg.run_failure_sensor(
     name="record_run_failures",
     default_status=_sensor_status("GAN_SENSORS_RUNNING", True),
@@ -124,7 +115,7 @@ def record_run_failures(context: dg.RunFailureSensorContext, storage: StorageRes
         "assets": [k.to_user_string() for k in targets],
         "error": error,
         "step_failures": [
-            {"step": e.step_key, "error": _describe(e.event_specific_data.error)}
+            {"step": e.step_key, "error": describe(e.event_specific_data.error)}
             for e in context.get_step_failure_events()
             if e.event_specific_data and e.event_specific_data.error
         ],

@@ -11,7 +11,10 @@ from assets.curated import curated_images, webdataset_shards
 from assets.launch import TrainingLauncher, k8s_executor
 from assets.raw_images import raw_images
 from assets.resources import FetchResource, FIDResource, SourcesResource, StorageResource
+from assets.settings import warn_if_temporary_instance
 from assets.training import build_training_assets, retrain_on_new_data
+
+warn_if_temporary_instance()
 
 
 def _storage() -> StorageResource:

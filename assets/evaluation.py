@@ -192,12 +192,13 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         index = load_index(store, gen["dataset_version"])
         settings = EvalSettings(**_identity_settings(context, config), batch_size=config.batch_size, device=fid.device)
         skipped: str | None = None
+        how = ""  # how to get the weights, when skipped
         weights_sha: str | None = None
         official = False
         try:
             weights, weights_sha, official = fid.checked()
         except FIDWeightsUnavailable as e:
-            skipped = str(e)
+            skipped, how = "no FID Inception weights on this machine (GAN_FID_WEIGHTS unset, none cached)", str(e)
             context.log.warning(f"FID skipped: {e}")
         except UnofficialFIDWeights as e:
             raise dg.Failure(str(e)) from None
@@ -233,6 +234,7 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             counts_by_source=_counts_by_source(store, index.version),
             config=gen.get("experiment_config") or {},
             lineage={k: str(v.value) for k, v in _lineage(store, gen).items() if isinstance(v.value, str)},
+            notes=[how] if how else [],
         )
         summary, warnings = summary_line(inputs), report_warnings(inputs)
         report_uri = store.uri(report_key(experiment, gen["checkpoint_sha256"]))

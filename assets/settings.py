@@ -6,7 +6,11 @@ environment variable so a deployment changes nothing in code.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
+import sys
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 
@@ -57,6 +61,33 @@ def ensure_dagster_home() -> Path:
     if not config.exists():
         config.write_text(LOCAL_DAGSTER_YAML)
     return home
+
+
+#: ``dagster`` subcommands that execute runs on the instance the CLI opened before it imported the code.
+_RUNNING_COMMANDS = {("asset", "materialize"), ("job", "execute")}
+
+
+def warn_if_temporary_instance(argv: Sequence[str] | None = None) -> None:
+    """Warn, once per command, when ``dagster asset materialize`` (or ``job execute``) runs without ``$DAGSTER_HOME``.
+
+    Dagster's CLI opens its instance before it imports the definitions, so setting DAGSTER_HOME here would
+    come too late; without it the run goes to a temporary instance deleted when the command exits, which
+    neither ``gan-pipelines dev`` nor ``gan-pipelines status`` ever sees, and the CLI does not say so. The
+    step worker processes the command starts stay quiet.
+    """
+    argv = sys.argv if argv is None else argv
+    prog = Path(argv[0]) if argv else Path()
+    is_dagster = prog.name == "dagster" or (prog.name == "__main__.py" and prog.parent.name == "dagster")
+    if "DAGSTER_HOME" in os.environ or not is_dagster or tuple(argv[1:3]) not in _RUNNING_COMMANDS:
+        return
+    if multiprocessing.parent_process() is not None:  # a step worker: it inherits the command's argv
+        return
+    warnings.warn(
+        f"DAGSTER_HOME is not set: `dagster {' '.join(argv[1:3])}` records this run in a temporary instance that "
+        "is deleted when it exits, so neither `gan-pipelines dev` nor `gan-pipelines status` will show it. Use "
+        f"the project's instance (the one `make run` fills): export DAGSTER_HOME={project_dir() / '.dagster_home'}",
+        stacklevel=2,
+    )
 
 
 # First day of the daily partitions; backfills reach back to here.

@@ -15,10 +15,12 @@ fields plus ``dataset_version``) for a caller such as Dagster Pipes to parse. Ex
 PyTorch does.
 
 Under Dagster Pipes (launched by a ``PipesSubprocessClient``; detected from the environment it sets, via
-the dependency-free ``dagster_pipes`` package), rank 0 also streams its log records to Dagster and, on
-success, reports the asset materialization: dataset version, config, steps, losses, images/s, device,
-checkpoint path and sha256, warnings and the last sample grid, with the checkpoint sha256 as the data
-version. Without Pipes nothing changes.
+the dependency-free ``dagster_pipes`` package), rank 0 sends its log records (and its error message) to
+Dagster instead of stderr -- Dagster shows them in its console and event log, and the subprocess client
+also forwards stderr to the same terminal, so both would print every line twice -- and, on success,
+reports the asset materialization: dataset version, config, steps, losses, images/s, device, checkpoint
+path and sha256, warnings and the last sample grid, with the checkpoint sha256 as the data version.
+Without Pipes nothing changes.
 """
 
 from __future__ import annotations
@@ -163,21 +165,31 @@ class _PipesLogHandler(logging.Handler):
             self.handleError(record)
 
 
-def _open_pipes() -> tuple[Any, logging.Handler] | None:
-    """Open the Pipes connection and forward logging to it; None outside Pipes."""
+def _open_pipes() -> tuple[Any, list[logging.Handler]] | None:
+    """Open the Pipes connection and send logging there instead of to stderr (see the module docstring);
+    None outside Pipes. Returns the connection and the handlers it replaced."""
     if not _is_pipes_process():
         return None
     from dagster_pipes import open_dagster_pipes
 
     pipes = open_dagster_pipes()
-    handler = _PipesLogHandler(pipes)
-    logging.getLogger().addHandler(handler)
-    return pipes, handler
+    root = logging.getLogger()
+    replaced = list(root.handlers)
+    for handler in replaced:
+        root.removeHandler(handler)
+    root.addHandler(_PipesLogHandler(pipes))
+    return pipes, replaced
 
 
-def _close_pipes(opened: tuple[Any, logging.Handler]) -> None:
-    pipes, handler = opened
-    logging.getLogger().removeHandler(handler)
+def _close_pipes(opened: tuple[Any, list[logging.Handler]]) -> None:
+    """Close the connection and give logging its handlers back."""
+    pipes, replaced = opened
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _PipesLogHandler):
+            root.removeHandler(handler)
+    for handler in replaced:
+        root.addHandler(handler)
     pipes.close()
 
 
@@ -252,9 +264,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except Exception as e:
         log.debug("traceback", exc_info=True)
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        if pipes is not None:
+        if pipes is not None:  # shown by Dagster; on stderr too it would be printed twice
             pipes[0].log.error("error: %s: %s", type(e).__name__, e)
+        else:
+            print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
     finally:
         if dist.is_available() and dist.is_initialized():

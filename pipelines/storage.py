@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -57,6 +58,21 @@ def content_key(sha256: str, ext: str, prefix: str = "raw/images") -> str:
     return f"{prefix}/{sha256[:2]}/{sha256[2:4]}/{sha256}.{ext}"
 
 
+def temp_file_beside(path: Path) -> tuple[int, Path]:
+    """A new, hidden ``.<name>.<random>.tmp`` in ``path``'s directory, open for writing: (fd, its path).
+
+    Created with mode 0o666 less the umask, as ``open(path, "wb")`` would create ``path``; the rename
+    carries the mode over to the final file. (``tempfile.mkstemp`` makes 0600 files: checkpoints, frames
+    and shards other users and containers could not read.)
+    """
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666), tmp
+        except FileExistsError:
+            continue
+
+
 @contextlib.contextmanager
 def atomic_file(path: Path, *, fsync: bool = True) -> Iterator[IO[bytes]]:
     """Write ``path`` all or nothing: a temp file in the same directory, fsynced, renamed over it.
@@ -65,7 +81,7 @@ def atomic_file(path: Path, *, fsync: bool = True) -> Iterator[IO[bytes]]:
     hidden ``.<name>.*.tmp`` a kill may leave behind is ignored by :meth:`LocalStorage.list`.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = temp_file_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             yield f

@@ -140,7 +140,7 @@ def test_without_weights_fid_is_skipped_and_said_so(env, instance, tmp_path):
     _run(env, instance, [GEN], "tiny")
     result = _run(env, instance, [TL, EVA], "tiny")
     md = _md(result, "gan_evaluation")
-    assert md["summary"].startswith("FID skipped: FID Inception weights are not available")
+    assert md["summary"].startswith("FID skipped: no FID Inception weights on this machine")
     assert md["fid_status"] == "skipped" and not any(k.startswith(("fid (", "kid (")) for k in md)
     assert all(s["fid"] is None and s["kid"] is None for s in md["scores"])
     # computed without weights (the 3-step tiny G still draws near-constant images: diversity about 0)

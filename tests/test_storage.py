@@ -101,3 +101,26 @@ def test_open_storage_urls(tmp_path):
     with pytest.raises(ValueError, match="unsupported"):
         open_storage("gs://b/p")
     assert content_key("ab" * 32, "jpg") == f"raw/images/ab/ab/{'ab' * 32}.jpg"
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_written_files_get_the_mode_open_would_give(tmp_path, umask, mode):
+    """Not mkstemp's 0600: checkpoints and frames (atomic_file) and stored objects must be readable by others
+    when the umask says so."""
+    import torch
+    from PIL import Image
+
+    from ganmodels.checkpoint import save_checkpoint
+    from ganmodels.frames import save_frame
+
+    previous = os.umask(umask)
+    try:
+        LocalStorage(tmp_path / "store").put_bytes("a/b.bin", b"x")
+        checkpoint = save_checkpoint(tmp_path / "checkpoints", 1, {"w": torch.zeros(1)})
+        frame = save_frame(Image.new("RGB", (2, 2)), tmp_path / "frames" / "step-1.png")
+        with open(tmp_path / "plain", "wb"):
+            pass
+    finally:
+        os.umask(previous)
+    for path in (tmp_path / "store" / "a" / "b.bin", checkpoint, frame, tmp_path / "plain"):
+        assert os.stat(path).st_mode & 0o777 == mode, path

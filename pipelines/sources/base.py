@@ -16,7 +16,10 @@ import requests
 
 from pipelines.httpclient import describe_error, resolve_host
 
-OFFLINE_HINT = "see README.md, section 'Offline and air-gapped use', to run from local_dir or url_list sources"
+OFFLINE_HINT = (
+    "`make demo` runs the whole pipeline offline on tiles the repository ships; for your own data see README.md, "
+    "section 'Offline and air-gapped use' (local_dir or url_list sources)"
+)
 
 
 class SourceUnavailable(RuntimeError):
