@@ -26,13 +26,14 @@ import math
 import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import imageio_ffmpeg
 from PIL import Image, ImageDraw, ImageFont
+
+from pipelines.storage import temp_file_beside
 
 __all__ = ["TimelapseResult", "list_frames", "padded_size", "render_timelapse", "scaled_size", "subsample"]
 
@@ -146,10 +147,10 @@ def _decoded(frames: Frames) -> Iterator[tuple[int, Image.Image] | None]:
 def _temp_path(target: Path, temps: list[Path]) -> Path:
     """A hidden ``.<name>.*.tmp`` next to ``target`` (ignored by LocalStorage.list), recorded for cleanup."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, path = temp_file_beside(target)  # the umask's mode, like any file a user writes (mkstemp: 0600)
     os.close(fd)
-    temps.append(Path(name))
-    return temps[-1]
+    temps.append(path)
+    return path
 
 
 def _writer(path: Path, size: tuple[int, int], fps: float, codec: str, pix_fmt: str, params: list[str]) -> Generator:

@@ -112,15 +112,24 @@ def test_written_files_get_the_mode_open_would_give(tmp_path, umask, mode):
 
     from ganmodels.checkpoint import save_checkpoint
     from ganmodels.frames import save_frame
+    from ganmodels.timelapse import render_timelapse
 
     previous = os.umask(umask)
     try:
         LocalStorage(tmp_path / "store").put_bytes("a/b.bin", b"x")
         checkpoint = save_checkpoint(tmp_path / "checkpoints", 1, {"w": torch.zeros(1)})
-        frame = save_frame(Image.new("RGB", (2, 2)), tmp_path / "frames" / "step-1.png")
+        frame = save_frame(Image.new("RGB", (16, 16)), tmp_path / "frames" / "step-1.png")
+        video = render_timelapse([(1, frame)], mp4_path=tmp_path / "t.mp4", gif_path=tmp_path / "t.gif", size=16)
         with open(tmp_path / "plain", "wb"):
             pass
     finally:
         os.umask(previous)
-    for path in (tmp_path / "store" / "a" / "b.bin", checkpoint, frame, tmp_path / "plain"):
+    for path in (
+        tmp_path / "store" / "a" / "b.bin",
+        checkpoint,
+        frame,
+        video.mp4_path,
+        video.gif_path,
+        tmp_path / "plain",
+    ):
         assert os.stat(path).st_mode & 0o777 == mode, path
