@@ -34,6 +34,7 @@ from typing import Any
 
 import dagster as dg
 import yaml
+from dagster._core.errors import DagsterPipesExecutionError  # not exported by dagster 1.13
 from pydantic import Field
 
 from assets.curated import webdataset_shards
@@ -42,6 +43,7 @@ from assets.launch import TrainingLauncher
 from assets.metadata import latest_metadata
 from assets.resources import StorageResource
 from assets.settings import project_dir
+from ganmodels.cli import FAILURE_FILE
 from ganmodels.train import TrainConfig
 from pipelines.dataset import load_index
 from pipelines.storage import LocalStorage, Storage, upload_file
@@ -235,13 +237,20 @@ def build_training_assets(experiments_path: str | Path | None = None) -> list[dg
             )
 
         context.log.info(f"experiment {experiment} on dataset {version}; run dir {out}")
-        result = training_launcher.run(
-            command=command,
-            context=context,
-            env=env,
-            cwd=str(project_dir()),
-            extras={"experiment": experiment, "dataset_version": version},
-        ).get_materialize_result()
+        failure = out / FAILURE_FILE
+        failure.unlink(missing_ok=True)
+        try:
+            result = training_launcher.run(
+                command=command,
+                context=context,
+                env=env,
+                cwd=str(project_dir()),
+                extras={"experiment": experiment, "dataset_version": version},
+            ).get_materialize_result()
+        except DagsterPipesExecutionError as e:
+            if not failure.is_file():  # the process died without a word (killed, out of memory...)
+                raise
+            raise dg.Failure(f"training {experiment} failed: {failure.read_text().strip()}") from e
 
         metadata = dict(result.metadata or {})
         sha = metadata["checkpoint_sha256"].value

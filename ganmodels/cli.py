@@ -26,6 +26,7 @@ Without Pipes nothing changes.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
@@ -33,12 +34,15 @@ import math
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["build_parser", "main", "result_json"]
+from pipelines.storage import atomic_file
+
+__all__ = ["FAILURE_FILE", "build_parser", "main", "result_json"]
 
 log = logging.getLogger("ganmodels.cli")
 
@@ -242,6 +246,19 @@ def _report_materialization(pipes: Any, args: argparse.Namespace, result: Any, v
     pipes.report_asset_materialization(metadata=metadata, data_version=result.checkpoint_sha256)
 
 
+#: The last failure of a run, one line, in its output directory: what a launcher shows as the cause (its own
+#: error is only "the process exited with 1").
+FAILURE_FILE = "last_failure.txt"
+
+
+def _record_failure(out: str, rank: int, message: str) -> None:
+    if rank == 0:
+        with contextlib.suppress(OSError):
+            os.makedirs(out, exist_ok=True)
+            with atomic_file(Path(out) / FAILURE_FILE) as f:
+                f.write(message.encode())
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command; returns the exit code (0 ok, 1 error, 2 diverged)."""
     from ganmodels.train import TrainingDiverged
@@ -261,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     except TrainingDiverged as e:
         log.error("%s", e)
+        _record_failure(args.out, rank, f"{type(e).__name__}: {e}")
         return 2
     except Exception as e:
         log.debug("traceback", exc_info=True)
@@ -268,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             pipes[0].log.error("error: %s: %s", type(e).__name__, e)
         else:
             print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        _record_failure(args.out, rank, f"{type(e).__name__}: {e}")
         return 1
     finally:
         if dist.is_available() and dist.is_initialized():

@@ -116,6 +116,11 @@ def test_failed_training_fails_the_step(setup, instance):
     assert not result.asset_materializations_for_node("gan_generator")
     logs = [e.user_message for e in instance.all_logs(result.run_id) if e.user_message]
     assert any("not in dataset" in m for m in logs), logs
+    # the step's error is the trainer's own, not just "the external process failed with code 1"
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    error = failure.step_failure_data.error
+    assert "training other failed: " in error.message + (error.cause.message if error.cause else "")
+    assert "not in dataset" in error.message + (error.cause.message if error.cause else "")
 
 
 def test_shipped_experiments_file():
