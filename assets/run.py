@@ -196,8 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     run.add_argument("--experiments", nargs="+", help="train and evaluate only these experiments (default: every one)")
     sub.add_parser("status", help="per asset and partition: materialised, stale, failed (with the error) or missing")
+    # listed for --help; its own parser (assets/demo.py) reads its arguments, before the others' setup
+    sub.add_parser("demo", help="the whole pipeline offline on the shipped NASA tiles, in .demo/ (demo -h: options)")
     dev = sub.add_parser("dev", help="the Dagster UI and daemon (dagster dev) on the same instance")
     dev.add_argument("dagster_args", nargs=argparse.REMAINDER, help="passed on to dagster dev, e.g. -p 3001")
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["demo"]:  # before ensure_dagster_home: the demo has an instance of its own
+        from assets.demo import main as demo_main
+
+        return demo_main(argv[1:])
     args = parser.parse_args(argv)
 
     ensure_dagster_home()

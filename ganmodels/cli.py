@@ -227,7 +227,11 @@ def _typed(value: Any, kind: str) -> dict[str, Any]:
 def _report_materialization(pipes: Any, args: argparse.Namespace, result: Any, version: str) -> None:
     """The asset materialization for Dagster; its data version is the checkpoint's sha256."""
     config = _load_config(args)
+    losses = f"D loss {result.d_loss:.3f}, G loss {result.g_loss:.3f}" if math.isfinite(result.g_loss) else ""
     metadata: dict[str, Any] = {
+        "summary": ", ".join(
+            filter(None, [f"step {result.step} on dataset {version}", f"{result.images_per_s:.1f} images/s", losses])
+        ),
         "dataset_version": version,
         "experiment_config": {"raw_value": config.to_dict(), "type": "json"},
         "steps": result.step,

@@ -192,9 +192,8 @@ def _images_with_holdout(class_name: str, holdout: int = 2) -> list[bytes]:
     raise AssertionError("not enough holdout images")
 
 
-def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path, fid_weights):
-    """workspace.yaml loads, ``dagster asset materialize`` works from the repo root, and so does the README's
-    ``gan-pipelines run`` (every asset, every class, evaluation and time-lapse included), air-gapped."""
+def local_classes(tmp_path: Path) -> str:
+    """A sources file with a local_dir of IMAGES images (some in the holdout split) for every class."""
     for class_name in ("dogs", "null", "satellite"):
         folder = tmp_path / "images" / class_name
         folder.mkdir(parents=True)
@@ -206,7 +205,13 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path, fid_we
             for c in ("dogs", "null", "satellite")
         }
     }
-    env = _env(tmp_path, write_sources(tmp_path / "s.yaml", spec))
+    return write_sources(tmp_path / "s.yaml", spec)
+
+
+def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path, fid_weights):
+    """workspace.yaml loads, ``dagster asset materialize`` works from the repo root, and so does the README's
+    ``gan-pipelines run`` (every asset, every class, evaluation and time-lapse included), air-gapped."""
+    env = _env(tmp_path, local_classes(tmp_path))
     tiny = {"net": {"resolution": 64, "width": 4, "latent_dim": 16}, "classes": ["dogs"], "negatives_class": "null"}
     tiny |= {"batch_size": 4, "steps": 50, "threads": 1, "checkpoint_every": 1, "frame_every": 1, "log_every": 1}
     (tmp_path / "experiments.yaml").write_text(yaml.safe_dump({"tiny_dogs": tiny}))

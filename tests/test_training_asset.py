@@ -62,6 +62,7 @@ def test_train_one_experiment_through_pipes(setup, instance):
     assert mat.partition == "tiny"
     assert md["dataset_version"].value == version
     assert md["steps"].value == 3
+    assert next(iter(md)) == "summary" and md["summary"].value.startswith("step 3 on dataset v1, ")
     sha = md["checkpoint_sha256"].value
     assert isinstance(md["d_loss"].value, float) and isinstance(md["g_loss"].value, float)
     assert md["images_per_s"].value > 0 and md["device"].value == "cpu"
