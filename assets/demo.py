@@ -59,8 +59,9 @@ Tile = tuple[int, int, int]
 
 
 def fetch_resource() -> FetchResource:
-    """How the demo downloads, in one place: from its own loopback server, so without pacing."""
-    return FetchResource(per_host_rate=0.0)
+    """How the demo downloads, in one place: from its own loopback server, so without pacing, and from nowhere
+    else that is not public (whatever ``$GAN_ALLOWED_NETWORKS`` says)."""
+    return FetchResource(per_host_rate=0.0, allowed_networks=["127.0.0.1/32"])
 
 
 @contextlib.contextmanager

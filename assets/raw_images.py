@@ -11,6 +11,7 @@ from assets.metadata import preview
 from assets.partitions import raw_partitions
 from assets.resources import FetchResource, SourcesResource, StorageResource
 from pipelines.ingest import ingest_partition
+from pipelines.lease import LeaseError
 from pipelines.sources import SourceUnavailable
 
 
@@ -18,6 +19,15 @@ class RawImagesConfig(dg.Config):
     max_new_per_source: int | None = Field(None, ge=0, description="override every source's per-partition quota")
     max_failure_rate: float = Field(0.5, ge=0, le=1, description="the failure_rate check fails above this share")
     preview_count: int = Field(16, ge=0, le=64)
+    max_attempts: int = Field(
+        3, ge=1, description="tries per URL over all runs of a partition; then a failure is final (retryable=false)"
+    )
+    lease_wait_s: float = Field(
+        0.0, ge=0, description="wait this long for another writer of the partition; 0: fail at once naming it"
+    )
+    lease_ttl_s: float = Field(
+        60.0, gt=0, description="S3 only: a writer not heard from for this long is presumed dead and replaced"
+    )
 
 
 @dg.asset(
@@ -44,13 +54,16 @@ def raw_images(
     """Images of one class fetched on one day, stored by sha256, with a Parquet manifest row per URL.
 
     Incremental: URLs and images ingested by other partitions are skipped. Resumable: a killed run
-    picks up where it stopped.
+    picks up where it stopped. One writer at a time: a second run of the same partition fails at once
+    naming the first (or waits ``lease_wait_s``), wherever it runs.
     """
     keys = context.partition_key.keys_by_dimension  # type: ignore[attr-defined]
     class_name, day = keys["class"], date.fromisoformat(keys["date"])
     store = storage.open()
-    spec = sources.load()
-    srcs = spec.sources(class_name, base_dir=Path(sources.path).resolve().parent)
+    try:
+        srcs = sources.load().sources(class_name, base_dir=Path(sources.path).resolve().parent)
+    except ValueError as e:  # the file and field at fault: that line is the run's error, not a traceback
+        raise dg.Failure(description=_one_line(str(e), sources.path), allow_retries=False) from None
     if config.max_new_per_source is not None:
         srcs = [(s, config.max_new_per_source) for s, _ in srcs]
     if not srcs:
@@ -60,9 +73,19 @@ def raw_images(
     fetcher = fetch.fetcher(store)
     try:
         report = ingest_partition(
-            store, fetcher, class_name, day, srcs, concurrency=fetch.concurrency, log=context.log.info
+            store,
+            fetcher,
+            class_name,
+            day,
+            srcs,
+            concurrency=fetch.concurrency,
+            max_attempts=config.max_attempts,
+            holder=f"Dagster run {context.run.run_id}",
+            lease_ttl_s=config.lease_ttl_s,
+            lease_wait_s=config.lease_wait_s,
+            log=context.log.info,
         )
-    except SourceUnavailable as e:
+    except (SourceUnavailable, LeaseError) as e:
         raise dg.Failure(description=str(e), allow_retries=False) from e
     finally:
         fetcher.close()
@@ -107,3 +130,10 @@ def raw_images(
         data_version=dg.DataVersion(report.version),
         check_results=[check],
     )
+
+
+def _one_line(message: str, path: str) -> str:
+    """A sources-file error on one line, naming the file (pydantic's "For further information" links dropped)."""
+    lines = [line.strip() for line in message.splitlines()]
+    line = " ".join(line for line in lines if line and not line.startswith("For further information"))
+    return line if str(Path(path)) in line else f"sources file {path}: {line}"

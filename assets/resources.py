@@ -45,6 +45,12 @@ class FetchResource(dg.ConfigurableResource):
     min_side: int = 64
     respect_robots: bool = True
     respect_x_robots_tag: bool = True
+    allowed_networks: list[str] | None = Field(
+        None,
+        description="networks that may be fetched from although not public, e.g. ['192.168.1.0/24'] for a mirror on "
+        "the LAN (loopback, private, link-local and other internal addresses are refused otherwise, whatever a listing "
+        "or redirect points at); default: $GAN_ALLOWED_NETWORKS (comma-separated), else none",
+    )
 
     def fetcher(self, storage: Storage) -> Fetcher:
         http = HttpSettings(
@@ -55,6 +61,7 @@ class FetchResource(dg.ConfigurableResource):
             backoff_factor=self.backoff_factor,
             max_retry_after=self.max_retry_after,
             pool_size=max(self.concurrency, self.per_host_concurrency),
+            allowed_networks=None if self.allowed_networks is None else tuple(self.allowed_networks),
         )
         settings = FetchSettings(
             http=http,

@@ -2,25 +2,32 @@
 
 Every failure becomes a status and a reason, never an exception, so a run over thousands of URLs
 accounts for each of them. Bytes are streamed with a size cap and a total deadline, so a huge or
-dripping body cannot exhaust memory or stall a worker.
+dripping body cannot exhaust memory or stall a worker; local files get the same cap and deadline.
+
+URLs come from listings on servers we do not control, so they are fetched only over http(s), and only
+from public addresses unless allowed (see pipelines/httpclient.py); a ``file:`` URL is read only for a
+candidate of the user's own files (``allow_local``, set for local_dir sources), and then only a regular
+file. Whatever the fetcher refuses is a ``refused`` or ``invalid_url`` row, never retried, whose reason
+says why without quoting the file or body.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
 
 import requests
 import urllib3
 
-from pipelines.httpclient import HttpSettings, RetryAfterTooLong, describe_error, error_chain, make_session
+from pipelines.httpclient import HttpSettings, RetryAfterTooLong, clip, describe_error, error_chain, make_session
 from pipelines.politeness import HostLimits, RobotsCache, agent_token, opt_out_directives
 from pipelines.storage import Storage, content_key
-from pipelines.validate import ImageRejected, validate_image
+from pipelines.validate import ImageInfo, ImageRejected, validate_image
 
 
 @dataclass(frozen=True)
@@ -81,11 +88,12 @@ class _Failed(Exception):
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> _Failed:
-        """A network failure: transient unless it is a redirect loop."""
+        """A network failure: transient unless it is a redirect loop or the network policy's refusal."""
         status, reason = describe_error(exc)
         too_long = [e for e in error_chain(exc) if isinstance(e, RetryAfterTooLong)]
         http_status = too_long[0].status if too_long else None
-        return cls(status, reason, http_status, retryable=not reason.startswith("redirect loop"))
+        retryable = status != "refused" and not reason.startswith("redirect loop")
+        return cls(status, reason, http_status, retryable=retryable)
 
 
 class _Redirect(Exception):
@@ -96,6 +104,9 @@ class _Redirect(Exception):
         self.location = location
 
 
+LOCAL_ONLY = "file: URLs are read only for local_dir sources, never from a listing or a redirect"
+
+
 def _http_host(url: str) -> str:
     """The host of a well-formed http(s) URL; anything else is a permanent failure, not worth a retry."""
     try:
@@ -104,8 +115,26 @@ def _http_host(url: str) -> str:
             requests.PreparedRequest().prepare_url(url, None)  # reject now what requests would reject later
             return parsed.hostname or ""
     except (ValueError, requests.RequestException) as e:
-        raise _Failed("http_error", f"invalid URL: {e}", retryable=False) from e
-    raise _Failed("http_error", f"unsupported URL scheme {parsed.scheme!r}", retryable=False)
+        raise _Failed("invalid_url", f"invalid URL: {clip(str(e))}", retryable=False) from e
+    if parsed.scheme == "file":
+        raise _Failed("refused", LOCAL_ONLY, retryable=False)
+    if not parsed.scheme:
+        raise _Failed("invalid_url", "not a URL (no scheme); local files go in a local_dir source", retryable=False)
+    raise _Failed(
+        "invalid_url", f"unsupported URL scheme {clip(parsed.scheme, 20)!r}: only http and https", retryable=False
+    )
+
+
+def _file_kind(mode: int) -> str:
+    kinds = {stat.S_ISDIR: "a directory", stat.S_ISCHR: "a character device", stat.S_ISBLK: "a block device"}
+    kinds |= {stat.S_ISFIFO: "a FIFO", stat.S_ISSOCK: "a socket"}
+    return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
+
+
+def check_image(data: bytes, min_side: int, max_pixels: int) -> tuple[ImageInfo, str]:
+    """Fully decode ``data`` (raises :class:`ImageRejected`) and hash it: the CPU-bound part of a fetch."""
+    info = validate_image(data, min_side=min_side, max_pixels=max_pixels)
+    return info, hashlib.sha256(data).hexdigest()
 
 
 class Fetcher:
@@ -123,16 +152,21 @@ class Fetcher:
     def close(self) -> None:
         self.session.close()
 
-    def fetch(self, url: str, known_hashes: frozenset[str] | set[str] = frozenset()) -> FetchResult:
-        """Fetch ``url``; bytes whose sha256 is in ``known_hashes`` are not stored again."""
+    def fetch(
+        self, url: str, known_hashes: frozenset[str] | set[str] = frozenset(), *, allow_local: bool = False
+    ) -> FetchResult:
+        """Fetch ``url``; bytes whose sha256 is in ``known_hashes`` are not stored again.
+
+        ``allow_local``: the URL names a file of the user's own (a local_dir candidate), so a ``file:``
+        URL may be read; for anything a server listed it stays False.
+        """
         t0 = time.perf_counter()
         result = FetchResult(url=url, status="ok")
         try:
-            data = self._download(url, result)
+            data = self._download(url, result, allow_local)
             result.bytes = len(data)
-            info = validate_image(data, min_side=self.settings.min_side, max_pixels=self.settings.max_pixels)
+            info, result.sha256 = check_image(data, self.settings.min_side, self.settings.max_pixels)
             result.width, result.height, result.mode, result.format = info.width, info.height, info.mode, info.format
-            result.sha256 = hashlib.sha256(data).hexdigest()
             result.storage_key = content_key(result.sha256, info.ext)
             if result.sha256 not in known_hashes and not self.storage.exists(result.storage_key):
                 self.storage.put_bytes(result.storage_key, data)
@@ -144,9 +178,9 @@ class Fetcher:
         result.elapsed_ms = (time.perf_counter() - t0) * 1000
         return result
 
-    def _download(self, url: str, result: FetchResult) -> bytes:
-        if url[:5].lower() == "file:":  # only as given: a redirect never reaches the local disk
-            return self._read_file(Path(unquote(urlparse(url).path)))
+    def _download(self, url: str, result: FetchResult, allow_local: bool) -> bytes:
+        if allow_local and url[:5].lower() == "file:":  # only as given: a redirect never reaches the local disk
+            return self._read_file(url)
         redirects = self.settings.http.max_redirects
         for _ in range(redirects + 1):
             host = _http_host(url)
@@ -179,15 +213,16 @@ class Fetcher:
         try:
             with self.session.get(url, stream=True, timeout=self.timeout, allow_redirects=False) as resp:
                 result.http_status = resp.status_code
-                result.content_type = resp.headers.get("Content-Type")
-                result.x_robots_tag = resp.headers.get("X-Robots-Tag")
+                result.content_type = _header(resp, "Content-Type")
+                result.x_robots_tag = _header(resp, "X-Robots-Tag")
+                x_robots_tag = resp.headers.get("X-Robots-Tag")  # all of it: a clipped copy could lose an opt-out
                 location = self.session.get_redirect_target(resp)
                 if location:
                     raise _Redirect(urljoin(resp.url, location))
                 if resp.status_code != 200:
-                    raise _Failed("http_error", f"HTTP {resp.status_code} {resp.reason}", resp.status_code)
+                    raise _Failed("http_error", f"HTTP {resp.status_code} {clip(resp.reason or '')}", resp.status_code)
                 if s.respect_x_robots_tag:
-                    found = opt_out_directives(result.x_robots_tag, self.agent, s.opt_out)
+                    found = opt_out_directives(x_robots_tag, self.agent, s.opt_out)
                     if found:
                         raise _Failed("opted_out", f"X-Robots-Tag: {', '.join(found)}", 200)
                 declared = resp.headers.get("Content-Length")
@@ -224,11 +259,47 @@ class Fetcher:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _read_file(self, path: Path) -> bytes:
+    def _read_file(self, url: str) -> bytes:
+        """A regular file, read like a body: at most ``max_bytes``, within ``download_timeout``.
+
+        Symlinks are resolved first and the result opened without following links, non-blocking (a FIFO
+        would otherwise wait for a writer forever); what was opened is checked with ``fstat``, so a device
+        (``/dev/zero``), FIFO or directory is refused before a byte is read, even if it replaced a file
+        after listing.
+        """
+        s = self.settings
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            raise _Failed("invalid_url", f"file: URL names another host ({clip(parsed.netloc, 60)!r})", retryable=False)
+        path = os.path.realpath(unquote(parsed.path))
         try:
-            size = path.stat().st_size
-            if size > self.settings.max_bytes:
-                raise _Failed("too_large", f"file of {size:,} bytes exceeds max_bytes={self.settings.max_bytes:,}")
-            return path.read_bytes()
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as e:  # a missing or unreadable local file stays that way: not retryable
             raise _Failed("http_error", f"cannot read {path}: {e.strerror or e}", retryable=False) from e
+        try:
+            opened = os.fstat(fd)
+            if not stat.S_ISREG(opened.st_mode):
+                raise _Failed("refused", f"{path} is {_file_kind(opened.st_mode)}, not a regular file", retryable=False)
+            if opened.st_size > s.max_bytes:
+                raise _Failed("too_large", f"file of {opened.st_size:,} bytes exceeds max_bytes={s.max_bytes:,}")
+            deadline = time.monotonic() + s.download_timeout
+            chunks: list[bytes] = []
+            total = 0
+            while chunk := os.read(fd, 1024 * 1024):
+                total += len(chunk)
+                if total > s.max_bytes:  # a file that grew, or one whose size stat cannot tell (/proc)
+                    raise _Failed("too_large", f"file exceeds max_bytes={s.max_bytes:,}")
+                if time.monotonic() > deadline:
+                    raise _Failed("timeout", f"reading took longer than download_timeout={s.download_timeout:g}s")
+                chunks.append(chunk)
+            return b"".join(chunks)
+        except OSError as e:  # EIO and the like, mid-read
+            raise _Failed("http_error", f"cannot read {path}: {e.strerror or e}", retryable=False) from e
+        finally:
+            os.close(fd)
+
+
+def _header(resp: requests.Response, name: str) -> str | None:
+    """A response header as the manifest keeps it: clipped, since the server chose its length."""
+    value = resp.headers.get(name)
+    return None if value is None else clip(value)

@@ -5,11 +5,17 @@ keeps every decided URL, retries only transient failures, and fetches only what 
 needs. Images are content-addressed, so re-storing one is a no-op. The final manifest is written
 atomically and only then are the part files removed, so a kill at any point loses nothing and
 duplicates nothing.
+
+A finished partition stays finished: a URL is tried at most ``max_attempts`` times over all runs, and a
+source whose listing ran out is not listed again (unless its settings change), so re-running a partition
+with nothing left to do makes no HTTP request at all. A lease (pipelines/lease.py) keeps a second writer
+of the same partition out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import time
@@ -21,6 +27,7 @@ from datetime import date
 
 from pipelines import manifest as mf
 from pipelines.fetch import Fetcher, FetchResult
+from pipelines.lease import Lease, partition_lease
 from pipelines.sources.base import Candidate, Source, SourceContext, SourceUnavailable
 from pipelines.storage import Storage
 
@@ -72,8 +79,8 @@ class _SourceState:
 class _PartWriter:
     """Appends rows to numbered Parquet part files, at most every ``every_s`` seconds or ``every_n`` rows."""
 
-    def __init__(self, storage: Storage, prefix: str, every_n: int, every_s: float) -> None:
-        self.storage, self.prefix, self.every_n, self.every_s = storage, prefix, every_n, every_s
+    def __init__(self, storage: Storage, prefix: str, every_n: int, every_s: float, lease: Lease) -> None:
+        self.storage, self.prefix, self.every_n, self.every_s, self.lease = storage, prefix, every_n, every_s, lease
         self.pending: list[dict] = []
         self.last = time.monotonic()
         self.seq = 0
@@ -85,6 +92,7 @@ class _PartWriter:
 
     def flush(self) -> None:
         if self.pending:
+            self.lease.check()
             self.seq += 1
             key = f"{self.prefix}part-{time.time_ns():020d}-{self.seq:05d}.parquet"
             mf.write_table(self.storage, key, mf.to_table(self.pending))
@@ -117,6 +125,10 @@ def ingest_partition(
     concurrency: int = 16,
     max_failures_per_source: int | None = None,
     unreachable_after: int = 8,
+    max_attempts: int = 3,
+    holder: str = "",
+    lease_ttl_s: float = 60.0,
+    lease_wait_s: float = 0.0,
     flush_every: int = 200,
     flush_seconds: float = 5.0,
     log: Callable[[str], None] = logger.info,
@@ -125,29 +137,84 @@ def ingest_partition(
 
     Raises :class:`SourceUnavailable` (after saving what was fetched) when a source's listing API
     cannot be reached, or its first ``unreachable_after`` downloads get no answer at all.
+    Raises :class:`~pipelines.lease.LeaseHeld` naming the other writer when the partition is being
+    ingested already (waiting up to ``lease_wait_s`` for it); ``holder`` says who this writer is.
     """
+    day = partition_date.isoformat()
+    with partition_lease(
+        storage,
+        mf.lease_key(class_name, day),
+        holder,
+        ttl_s=lease_ttl_s,
+        wait_s=lease_wait_s,
+        what=f"raw partition {class_name}/{day}",
+        log=log,
+    ) as lease:
+        return _fill(
+            storage,
+            fetcher,
+            class_name,
+            partition_date,
+            sources,
+            lease,
+            concurrency=concurrency,
+            max_failures=max_failures_per_source or max(50, 2 * max((q for _, q in sources), default=0)),
+            unreachable_after=unreachable_after,
+            max_attempts=max_attempts,
+            flush_every=flush_every,
+            flush_seconds=flush_seconds,
+            log=log,
+        )
+
+
+def _fill(
+    storage: Storage,
+    fetcher: Fetcher,
+    class_name: str,
+    partition_date: date,
+    sources: list[tuple[Source, int]],
+    lease: Lease,
+    *,
+    concurrency: int,
+    max_failures: int,
+    unreachable_after: int,
+    max_attempts: int,
+    flush_every: int,
+    flush_seconds: float,
+    log: Callable[[str], None],
+) -> IngestReport:
+    """:func:`ingest_partition` once this process holds the partition's lease."""
     t0 = time.perf_counter()
     day = partition_date.isoformat()
     key, parts = mf.manifest_key(class_name, day), mf.parts_prefix(class_name, day)
     seen_urls, seen_hashes = _prior(storage, class_name, key, parts)
 
     current: dict[str, dict] = {}
-    previous = ([key] if storage.exists(key) else []) + list(storage.list(parts))
-    for row in mf.read_rows(storage, previous):
+    finished = storage.exists(key)
+    for row in mf.read_rows(storage, ([key] if finished else []) + list(storage.list(parts))):
         current[row["url"]] = row
     for row in current.values():
         if row["status"] == "ok":
             seen_hashes.add(row["sha256"])
+        if mf.is_transient(row) and row["attempts"] >= max_attempts:  # max_attempts was lowered since
+            _give_up(row)
     if current:
         log(f"{class_name}/{day}: resuming with {len(current)} URLs already attempted")
 
+    listed_out = mf.read_exhausted(storage, key) if finished else {}
     ctx = SourceContext(fetcher.session, fetcher.timeout, partition_date)
-    states = [_SourceState(src, quota, iter(src.candidates(ctx))) for src, quota in sources]
+    retry = {r["source"] for r in current.values() if mf.is_transient(r)}
+
+    def listing(src: Source) -> Iterator[Candidate]:
+        """A source that ran out last time is listed again only for its transient failures or new settings."""
+        done = listed_out.get(src.name) == _fingerprint(src) and src.name not in retry
+        return iter(()) if done else iter(src.candidates(ctx))
+
+    states = [_SourceState(src, quota, listing(src)) for src, quota in sources]
     for st in states:
         st.ok = sum(1 for r in current.values() if r["source"] == st.source.name and r["status"] == "ok")
-    max_failures = max_failures_per_source or max(50, 2 * max((q for _, q in sources), default=0))
 
-    writer = _PartWriter(storage, parts, flush_every, flush_seconds)
+    writer = _PartWriter(storage, parts, flush_every, flush_seconds, lease)
     inflight: dict[Future[FetchResult], tuple[_SourceState, Candidate]] = {}
     submitted: set[str] = set()
     run_counts: Counter[str] = Counter()
@@ -180,12 +247,16 @@ def ingest_partition(
             st.ok += 1
             bytes_ok += res.bytes or 0
         row = _row(class_name, day, cand, res)
+        prev = current.get(cand.url)
+        row["attempts"] = (prev["attempts"] if prev else 0) + 1
+        if row["retryable"] and row["attempts"] >= max_attempts:
+            _give_up(row)
         current[cand.url] = row
         writer.add(row)
         run_counts[res.status] += 1
-        if res.http_status is not None or res.status not in ("http_error", "timeout"):
+        if _answered(res):
             st.answered = True
-        elif not st.answered:
+        elif _no_answer(cand.url, res) and not st.answered:
             st.unanswered += 1
             if st.unanswered >= unreachable_after:
                 raise SourceUnavailable(
@@ -211,7 +282,7 @@ def ingest_partition(
                         continue
                     submitted.add(cand.url)
                     st.inflight += 1
-                    inflight[pool.submit(fetcher.fetch, cand.url, seen_hashes)] = (st, cand)
+                    inflight[pool.submit(fetcher.fetch, cand.url, seen_hashes, allow_local=cand.local)] = (st, cand)
                     progressed = True
             if not inflight:
                 break
@@ -235,7 +306,9 @@ def ingest_partition(
         writer.flush()
 
     rows = mf.finalize(current.values())
-    mf.write_table(storage, key, mf.to_table(rows))
+    exhausted = {st.source.name: _fingerprint(st.source) for st in states if st.exhausted}
+    lease.check()
+    mf.write_table(storage, key, mf.to_table(rows, exhausted))
     for part in list(storage.list(parts)):
         storage.delete(part)
     counts = Counter(r["status"] for r in rows)
@@ -258,6 +331,33 @@ def ingest_partition(
         f"{report.images_per_s:.1f} images/s"
     )
     return report
+
+
+def _answered(res: FetchResult) -> bool:
+    """A server answered (an HTTP status, or robots.txt's verdict): the source is reachable."""
+    return res.http_status is not None or res.status == "robots_disallowed"
+
+
+def _no_answer(url: str, res: FetchResult) -> bool:
+    """An http(s) server that never answered: refused, reset, timed out, unresolvable. Evidence the source is down.
+
+    Neither this nor an answer: a line that is no URL, a scheme we do not fetch, a URL refused by
+    policy. Those rows are final (not retryable) and say nothing about any server.
+    """
+    scheme = url.split(":", 1)[0].lower()
+    no_status = res.http_status is None and res.status in ("http_error", "timeout")
+    return no_status and res.retryable and scheme in ("http", "https")
+
+
+def _give_up(row: dict) -> None:
+    """Make a transient failure final once it was tried ``max_attempts`` times: later runs leave it alone."""
+    row["retryable"] = False
+    row["reason"] = f"{row['reason']} (gave up after {row['attempts']} attempts)"
+
+
+def _fingerprint(source: Source) -> str:
+    """The source's settings (its repr): a changed source is listed again even where it had run out."""
+    return hashlib.sha256(repr(source).encode()).hexdigest()[:16]
 
 
 def _row(class_name: str, day: str, cand: Candidate, res: FetchResult) -> dict:

@@ -2,6 +2,7 @@
 
 A partition's manifest is written once at the end (atomically); while it runs, rows are flushed to
 numbered part files so a killed run resumes where it stopped instead of fetching everything again.
+:func:`read_rows` reads manifests written before the ``attempts`` column existed as one attempt per URL.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ STATUSES = (
     "unsupported",
     "robots_disallowed",
     "opted_out",
+    "invalid_url",
+    "refused",
 )
 # Outcomes that were not the server's or the image's fault: policy, not failure.
 NOT_FAILURES = {"ok", "already_seen", "robots_disallowed", "opted_out"}
@@ -53,12 +56,16 @@ SCHEMA = pa.schema(
         ("license", pa.string()),
         ("x_robots_tag", pa.string()),
         ("retryable", pa.bool_()),  # a failure that may succeed on a later run: it is tried again
+        ("attempts", pa.int32()),  # times the URL was tried, over every run of the partition
         ("meta", pa.string()),  # JSON of per-source fields: breed, author, attribution, z/x/y, ...
         ("fetched_at", pa.timestamp("ms", tz="UTC")),
         ("elapsed_ms", pa.float32()),
     ]
 )
 COLUMNS = SCHEMA.names
+# Parquet key-value metadata of a manifest: {source name: settings fingerprint} of the sources whose
+# listing ran out in the run that wrote it. A re-run does not list them again.
+EXHAUSTED_SOURCES = b"gan.exhausted_sources"
 
 
 def is_transient(row: dict) -> bool:
@@ -74,9 +81,17 @@ def parts_prefix(class_name: str, date: str) -> str:
     return f"raw/_parts/{class_name}/{date}/"
 
 
-def to_table(rows: Sequence[dict]) -> pa.Table:
+def lease_key(class_name: str, date: str) -> str:
+    """Where the partition's writer lease lives (see pipelines/lease.py)."""
+    return f"raw/_leases/{class_name}/{date}.lease"
+
+
+def to_table(rows: Sequence[dict], exhausted: dict[str, str] | None = None) -> pa.Table:
     cols = {name: [r.get(name) for r in rows] for name in COLUMNS}
-    return pa.Table.from_pydict(cols, schema=SCHEMA)
+    table = pa.Table.from_pydict(cols, schema=SCHEMA)
+    if exhausted:
+        table = table.replace_schema_metadata({EXHAUSTED_SOURCES: json.dumps(exhausted, sort_keys=True).encode()})
+    return table
 
 
 def write_table(storage: Storage, key: str, table: pa.Table) -> None:
@@ -90,10 +105,18 @@ def read_table(storage: Storage, key: str, columns: Sequence[str] | None = None)
         return pq.read_table(io.BytesIO(f.read()), columns=list(columns) if columns else None)
 
 
+def read_exhausted(storage: Storage, key: str) -> dict[str, str]:
+    """The manifest's :data:`EXHAUSTED_SOURCES`; empty when it has none (or was written before it existed)."""
+    with storage.open_read(key) as f:
+        meta = pq.ParquetFile(io.BytesIO(f.read())).schema_arrow.metadata or {}
+    return json.loads(meta[EXHAUSTED_SOURCES]) if EXHAUSTED_SOURCES in meta else {}
+
+
 def read_rows(storage: Storage, keys: Iterable[str]) -> list[dict]:
+    """Rows of manifests or part files; one written before ``attempts`` existed counts one attempt per URL."""
     rows: list[dict] = []
     for key in keys:
-        rows.extend(read_table(storage, key).to_pylist())
+        rows.extend({"attempts": 1} | row for row in read_table(storage, key).to_pylist())
     return rows
 
 

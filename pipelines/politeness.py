@@ -4,6 +4,7 @@ robots.txt is fetched once per origin with our own session (same User-Agent and 
 with Protego (Scrapy's parser, which follows RFC 9309: longest match wins, ``*`` and ``$`` in paths;
 the standard library's parser lets the first rule win and ignores wildcards). A 4xx means "no
 rules", a 5xx (or a 429) or an unreachable server means "assume everything is disallowed" for now.
+A host the network policy refuses is not asked at all: that refusal is raised to the caller.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from urllib.parse import urlparse
 import requests
 from protego import Protego
 
-from pipelines.httpclient import describe_error
+from pipelines.httpclient import describe_error, is_refused
 
 # X-Robots-Tag directives that carry a value after a colon; anything else before a colon is a bot name.
 _VALUED = {"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"}
@@ -72,6 +73,8 @@ class RobotsCache:
         try:
             resp = self.session.get(f"{origin}/robots.txt", timeout=self.timeout)
         except requests.RequestException as e:
+            if is_refused(e):  # our policy, not the server: nothing to cache, and the fetcher must say so
+                raise
             _, why = describe_error(e)
             return RobotsVerdict(False, f"robots.txt unreachable ({why}); RFC 9309: assume disallowed", failed=True)
         # A 429 says "slow down", not "there are no rules": treat it like a server error (as Google does).

@@ -14,6 +14,7 @@ import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import IO, Protocol
 from urllib.parse import unquote, urlparse
@@ -155,6 +156,10 @@ class LocalStorage:
         return self._path(key)
 
 
+# Error codes of a conditional S3 write that lost: the object exists, changed, vanished or is being written.
+_CONDITION_FAILED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409", "NoSuchKey", "404"})
+
+
 class S3Storage:
     """A bucket and prefix on S3 or any S3-compatible store (MinIO, Ceph, R2).
 
@@ -240,6 +245,52 @@ class S3Storage:
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{self._key(key)}"
+
+    # Conditional writes (S3 since 2024, MinIO): the compare-and-swap a lease between hosts needs.
+
+    def put_if(self, key: str, data: bytes, *, etag: str | None = None) -> str | None:
+        """Create ``key`` only if it does not exist (``etag`` None), or replace it only while its ETag is
+        ``etag``. The new ETag, or None when the condition failed: another writer got there first."""
+        from botocore.exceptions import ClientError
+
+        condition = {"IfMatch": etag} if etag else {"IfNoneMatch": "*"}
+        try:
+            return self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **condition)["ETag"]
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _CONDITION_FAILED:
+                return None
+            raise
+
+    def get_with_age(self, key: str) -> tuple[bytes, str, float] | None:
+        """``(data, etag, seconds since it was written)``, or None when there is no such object.
+
+        The age is the store's clock (its ``Date`` header) minus ``LastModified``, so the clocks of the
+        hosts comparing ages never matter. Both have a resolution of one second.
+        """
+        from botocore.exceptions import ClientError
+
+        try:
+            resp = self.client.get_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise
+        with resp["Body"] as body:
+            data = body.read()
+        server_now = parsedate_to_datetime(resp["ResponseMetadata"]["HTTPHeaders"]["date"])
+        return data, resp["ETag"], (server_now - resp["LastModified"]).total_seconds()
+
+    def delete_if(self, key: str, etag: str) -> bool:
+        """Delete ``key`` only while its ETag is ``etag``; False when it changed or is gone."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self._key(key), IfMatch=etag)
+            return True
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in _CONDITION_FAILED:
+                return False
+            raise
 
 
 def open_storage(root_url: str, *, endpoint_url: str | None = None, region_name: str | None = None) -> Storage:

@@ -14,6 +14,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from pipelines.httpclient import ALLOWED_NETWORKS_ENV
 from tests.fakeweb import FakeWeb, free_port
 
 # ==================================================================================================
@@ -22,6 +23,19 @@ from tests.fakeweb import FakeWeb, free_port
 # ==================================================================================================
 
 _MOTO_START_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def allow_loopback() -> Iterator[None]:
+    """Let the fetcher reach the test servers: they listen on 127.0.0.1, which it refuses by default.
+
+    The way a user allows a mirror on the LAN (``$GAN_ALLOWED_NETWORKS``), for the whole session so
+    module-scoped servers and subprocesses see it too; tests of the refusal pass ``allowed_networks``
+    explicitly, which overrides the variable.
+    """
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(ALLOWED_NETWORKS_ENV, "127.0.0.0/8")
+        yield
 
 
 @pytest.fixture

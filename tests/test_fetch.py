@@ -252,8 +252,10 @@ def test_drip_is_cut_off_at_download_timeout(fakeweb: FakeWeb, make_fetcher: Mak
 @pytest.mark.parametrize(
     ("url", "reason"),
     [
-        pytest.param("ftp://example.invalid/a.jpg", r"unsupported URL scheme 'ftp'", id="ftp"),
-        pytest.param("a.jpg", r"unsupported URL scheme ''", id="relative"),
+        pytest.param("ftp://example.invalid/a.jpg", r"unsupported URL scheme 'ftp': only http and https", id="ftp"),
+        pytest.param("javascript:alert(1)", r"unsupported URL scheme 'javascript'", id="javascript"),
+        pytest.param("a.jpg", r"not a URL \(no scheme\); local files go in a local_dir source", id="relative"),
+        pytest.param("/etc/hosts", r"not a URL \(no scheme\)", id="plain-path"),
         pytest.param("http:///a.jpg", r"invalid URL.*no host", id="no-host"),
         pytest.param("http://[::1/a.jpg", r"invalid URL", id="broken-ipv6"),
         pytest.param("http://127.0.0.1:99999/a.jpg", r"invalid URL", id="bad-port"),
@@ -265,7 +267,7 @@ def test_malformed_url_is_a_permanent_error(
 ) -> None:
     """A URL that can never work is not retried on the next run, and is not blamed on robots.txt."""
     result = make_fetcher().fetch(url)
-    assert_failed(result, store, "http_error", retryable=False, reason=reason)
+    assert_failed(result, store, "invalid_url", retryable=False, reason=reason)
     assert "robots" not in result.reason
 
 
@@ -479,7 +481,7 @@ def test_file_url(make_fetcher: MakeFetcher, store: LocalStorage, tmp_path: Path
     src = tmp_path / "in put" / "bild ä.png"
     src.parent.mkdir()
     src.write_bytes(make_image_bytes("file-url", fmt="PNG"))
-    result = make_fetcher().fetch(src.as_uri())
+    result = make_fetcher().fetch(src.as_uri(), allow_local=True)
     assert assert_stored(result, store, "png") == src.read_bytes()
 
 
@@ -487,7 +489,7 @@ def test_file_url(make_fetcher: MakeFetcher, store: LocalStorage, tmp_path: Path
     ("kind", "status", "reason"),
     [
         ("missing", "http_error", r"^cannot read /.*/missing: No such file"),
-        ("directory", "http_error", r"^cannot read /.*/directory: Is a directory"),
+        ("directory", "refused", r"^/.*/directory is a directory, not a regular file$"),
         ("big", "too_large", rf"^file of {MAX_BYTES + 1:,} bytes exceeds max_bytes={MAX_BYTES:,}$"),
     ],
 )
@@ -500,7 +502,7 @@ def test_file_url_errors(
         path.mkdir()
     elif kind == "big":
         path.write_bytes(b"\xff\xd8" + b"\0" * (MAX_BYTES - 1))
-    result = make_fetcher().fetch(path.as_uri())
+    result = make_fetcher().fetch(path.as_uri(), allow_local=True)
     assert_failed(result, store, status, retryable=False, reason=reason)
 
 
@@ -529,7 +531,7 @@ def test_corrupt_file_is_a_row_not_an_exception(make_fetcher: MakeFetcher, store
     """An animated GIF cut after its first frame makes Pillow raise IndexError; one bad URL must not kill a run."""
     path = tmp_path / "cut.gif"
     path.write_bytes(animated_gif()[: len(animated_gif()) // 2])
-    result = make_fetcher(min_side=8).fetch(path.as_uri())
+    result = make_fetcher(min_side=8).fetch(path.as_uri(), allow_local=True)
     assert result.status in {"truncated", "not_an_image"} and "GIF" in result.reason, result
     assert not result.retryable and files_under(store.root) == []
 

@@ -2,7 +2,8 @@
 
 What matters here is the partition, not one download (tests/test_fetch.py covers each fault): one
 manifest row per attempted URL, quotas, skipping what other partitions decided, idempotent re-runs,
-retrying only transient failures, surviving a SIGKILL, and failing fast on an unreachable source.
+retrying only transient failures and at most ``max_attempts`` times, surviving a SIGKILL, failing fast
+on an unreachable source (and not on bad lines of a URL list), and one writer per partition.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -28,6 +30,7 @@ from pipelines import manifest as mf
 from pipelines.fetch import Fetcher, FetchSettings
 from pipelines.httpclient import HttpSettings
 from pipelines.ingest import IngestReport, ingest_partition
+from pipelines.lease import LeaseHeld, LeaseLost
 from pipelines.sources.base import Candidate, Source, SourceContext, SourceUnavailable
 from pipelines.sources.dog_ceo import DogCeoSource
 from pipelines.sources.local import UrlListSource
@@ -66,12 +69,12 @@ def local(tmp_path: Path) -> LocalStorage:
 
 
 def _ingest(
-    storage: Storage, sources: list[tuple[Source, int]], day: date = DAY, class_name: str = "null"
+    storage: Storage, sources: list[tuple[Source, int]], day: date = DAY, class_name: str = "null", **kwargs
 ) -> IngestReport:
     """One run as the asset does it: a fresh Fetcher (fresh robots cache), closed afterwards."""
     fetcher = Fetcher(storage, FETCH)
     try:
-        return ingest_partition(storage, fetcher, class_name, day, sources, concurrency=4)
+        return ingest_partition(storage, fetcher, class_name, day, sources, concurrency=4, **kwargs)
     finally:
         fetcher.close()
 
@@ -252,6 +255,79 @@ def test_transient_failures_are_retried_on_the_next_run(local: LocalStorage, fak
     _assert_store_consistent(local, second.rows)
 
 
+# -- at most max_attempts tries per URL, and a finished partition is finished -------------------------
+
+STALL = "/fault/stall/999/2/forever"  # stalls past the read timeout on every request: a timeout each time
+
+
+def test_failures_become_final_after_max_attempts_then_a_rerun_makes_no_request(tmp_path: Path) -> None:
+    """A transient failure is tried again on each run, at most max_attempts (3) times in all, then kept as
+    final (retryable false, the reason says so). Then nothing is left to do: the sources ran out of
+    candidates, so a re-run lists nothing, reads no robots.txt and downloads nothing."""
+    store = LocalStorage(tmp_path / "store")
+    with FakeWeb(dog_breeds={"pug": []}, images_per_breed=3) as fw:  # 3 dogs for a quota of 5: it runs out
+        sources: list[tuple[Source, int]] = [
+            (_dogs(fw), 5),
+            (_url_list(tmp_path, fw, ["/img/fine.jpg", "/fault/status/404", STALL]), 5),
+        ]
+        for run in (1, 2, 3):
+            n = len(fw.requests)
+            rep = _ingest(store, sources)
+            rows = {urlsplit(r["url"]).path: r for r in _manifest(store)}
+            stall = rows[STALL]
+            assert (stall["status"], stall["attempts"], stall["retryable"]) == ("timeout", run, run < 3)
+            assert {p: r["attempts"] for p, r in rows.items() if p != STALL} == {p: 1 for p in rows if p != STALL}
+            if run > 1:  # only the stalled URL again: neither the listing nor the URLs already decided
+                assert {r.path for r in fw.requests[n:]} == {"/robots.txt", STALL}
+        assert stall["reason"].endswith("(gave up after 3 attempts)")
+        assert rep.counts == {"ok": 4, "http_error": 1, "timeout": 1}
+
+        n = len(fw.requests)
+        again = _ingest(store, sources)
+        assert fw.requests[n:] == []
+        assert again.attempted == 0 and again.version == rep.version and _manifest(store) == list(rows.values())
+
+
+def test_max_attempts_one_makes_the_first_failure_final(local: LocalStorage, fakeweb: FakeWeb, tmp_path: Path) -> None:
+    source = _url_list(tmp_path, fakeweb, ["/fault/status/503", "/img/fine.jpg"])
+    first = _ingest(local, [(source, 5)], max_attempts=1)
+    [failed] = [r for r in first.rows if r["status"] != "ok"]
+    assert (failed["http_status"], failed["attempts"], failed["retryable"]) == (503, 1, False)
+    assert failed["reason"] == "HTTP 503 Service Unavailable (gave up after 1 attempts)"
+    n = len(fakeweb.requests)
+    _ingest(local, [(source, 5)], max_attempts=1)
+    assert fakeweb.requests[n:] == []
+
+
+def test_lowering_max_attempts_finalises_failures_already_tried_that_often(
+    local: LocalStorage, fakeweb: FakeWeb, tmp_path: Path
+) -> None:
+    source = _url_list(tmp_path, fakeweb, ["/fault/status/503"])
+    for _ in range(2):
+        _ingest(local, [(source, 5)])
+    [row] = _manifest(local)
+    assert (row["attempts"], row["retryable"]) == (2, True)
+    n = len(fakeweb.requests)
+    _ingest(local, [(source, 5)], max_attempts=2)
+    assert fakeweb.requests[n:] == []
+    [row] = _manifest(local)
+    assert (row["attempts"], row["retryable"]) == (2, False) and row["reason"].endswith("(gave up after 2 attempts)")
+
+
+def test_a_source_that_ran_out_is_listed_again_once_its_settings_change(local: LocalStorage) -> None:
+    with FakeWeb(dog_breeds={"pug": [], "shiba": []}, images_per_breed=2) as fw:
+        pugs = DogCeoSource(base_url=fw.url("/dogceo/api"), breeds=["pug"])
+        assert _ingest(local, [(pugs, 5)], class_name="dogs").counts == {"ok": 2}
+        n = len(fw.requests)
+        _ingest(local, [(pugs, 5)], class_name="dogs")
+        assert fw.requests[n:] == []  # ran out, same settings: not listed again
+
+        both = DogCeoSource(base_url=fw.url("/dogceo/api"), breeds=["pug", "shiba"])
+        rep = _ingest(local, [(both, 5)], class_name="dogs")
+        assert rep.counts == {"ok": 4} and rep.run_counts == {"ok": 2}
+        assert fw.hits("/dogceo/api/breed/shiba/images") == 1
+
+
 # -- kill and resume --------------------------------------------------------------------------------
 
 KILL_QUOTA = 30
@@ -379,6 +455,116 @@ def test_unreachable_source_fails_fast_keeping_what_others_fetched(
     assert rep.per_source_ok == {"urls": 6}
     assert not set(_image_requests(fakeweb, n)) & {urlsplit(r["url"]).path for r in saved}
     _assert_store_consistent(local, rep.rows)
+
+
+# The security engineer's fetcher turns each into a final error row; what matters here is that none of them
+# counts as "no answer from the server".
+BAD_LINES = [
+    "not a url",
+    "ftp://example.com/dog.jpg",
+    "http://",
+    "http://[::1",
+    "javascript:alert(1)",
+    "mailto:dogs@example.com",
+    "//example.com/no-scheme.jpg",
+    "data:image/png;base64,iVBORw0KGgo=",
+    "htp:/typo.example/x.jpg",
+    "file:///nonexistent/dir/x.jpg",
+]
+
+
+def test_bad_lines_of_a_url_list_are_error_rows_not_an_unreachable_source(
+    local: LocalStorage, fakeweb: FakeWeb, tmp_path: Path
+) -> None:
+    """More bad lines before the first good one than ``unreachable_after`` (8): the partition still
+    succeeds, with one final error row per bad line."""
+    good = [f"/img/after-garbage-{i}.jpg" for i in range(3)]
+    lines = tmp_path / "urls.txt"
+    lines.write_text("\n".join([*BAD_LINES, *(fakeweb.url(p) for p in good)]) + "\n")
+    rep = _ingest(local, [(UrlListSource(str(lines), name="urls"), 20)])
+
+    rows = {r["url"]: r for r in _manifest(local)}
+    assert len(rows) == len(BAD_LINES) + len(good)
+    for line in BAD_LINES:
+        row = rows[line]
+        assert row["status"] != "ok" and not row["retryable"] and row["reason"], row
+    assert rep.per_source_ok == {"urls": 3}
+    assert sorted(_image_requests(fakeweb)) == sorted(good)
+
+
+def test_bad_lines_before_an_unreachable_host_do_not_hide_it(local: LocalStorage, tmp_path: Path) -> None:
+    """Bad lines are no answer from a server either: a list whose URLs all point at a dead host still
+    fails fast, naming the source."""
+    dead = f"http://127.0.0.1:{free_port()}"
+    lines = tmp_path / "urls.txt"
+    lines.write_text("\n".join([*BAD_LINES, *(f"{dead}/img/{i}.jpg" for i in range(12))]) + "\n")
+    t0 = time.monotonic()
+    with pytest.raises(SourceUnavailable, match=r"'urls' is unreachable: its first 8 downloads got no answer"):
+        _ingest(local, [(UrlListSource(str(lines), name="urls"), 20)])
+    assert time.monotonic() - t0 < 8
+
+
+# -- one writer per partition -----------------------------------------------------------------------
+
+
+def test_a_second_ingest_of_a_partition_being_ingested_fails_at_once_naming_the_first(
+    storage: Storage, fakeweb: FakeWeb
+) -> None:
+    """Whatever started them: the second writer never fetches a URL, the first ends as if alone."""
+    fakeweb.latency = 0.1
+    first: list[IngestReport] = []
+    thread = threading.Thread(target=lambda: first.append(_ingest(storage, [(_dogs(fakeweb), 12)], holder="one")))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not _image_requests(fakeweb):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        t0 = time.monotonic()
+        with pytest.raises(
+            LeaseHeld, match=rf"^raw partition null/{DAY} is being written by host .*, pid {os.getpid()}, one"
+        ):
+            _ingest(storage, [(_dogs(fakeweb), 12)], holder="two")
+        assert time.monotonic() - t0 < 2
+    finally:
+        thread.join(timeout=60)
+    assert first and first[0].counts == {"ok": 12}
+    requested = _image_requests(fakeweb)
+    assert len(requested) == len(set(requested)) == 12, "a URL was fetched twice"
+
+
+def test_a_writer_whose_s3_lease_was_taken_over_stops_writing(moto_s3: str, fakeweb: FakeWeb) -> None:
+    """A writer that stalled past its TTL while another took the partition over: its next write raises,
+    and the partition's manifest is never written by it."""
+    storage = S3Storage("ingest-" + os.urandom(4).hex(), "data", endpoint_url=moto_s3)
+    storage.client.create_bucket(Bucket=storage.bucket)
+    fakeweb.latency = 0.1
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        fetcher = Fetcher(storage, FETCH)
+        try:
+            ingest_partition(
+                storage, fetcher, "dogs", DAY, [(_dogs(fakeweb), 40)], concurrency=2, lease_ttl_s=1.5, flush_every=1
+            )
+        except BaseException as e:
+            errors.append(e)
+        finally:
+            fetcher.close()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not _parts(storage, "dogs"):
+        assert time.monotonic() < deadline and thread.is_alive(), errors
+        time.sleep(0.02)
+    storage.put_bytes(
+        mf.lease_key("dogs", DAY.isoformat()), b'{"host": "elsewhere", "pid": 1, "holder": "", "since": ""}'
+    )
+    thread.join(timeout=30)
+    assert [type(e) for e in errors] == [LeaseLost] and "another writer took it over" in str(errors[0])
+    assert not storage.exists(mf.manifest_key("dogs", DAY.isoformat()))
+    assert b"elsewhere" in storage.get_bytes(mf.lease_key("dogs", DAY.isoformat()))
 
 
 # -- storage failure --------------------------------------------------------------------------------

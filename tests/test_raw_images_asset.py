@@ -6,13 +6,19 @@ These run the real asset, resources and check through ``dg.materialize`` (and on
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import re
+import signal
 import subprocess
 import sys
+import threading
 import time
+from collections import Counter
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import dagster as dg
 import pyarrow.parquet as pq
@@ -21,10 +27,14 @@ import yaml
 
 from assets.curated import curated_images, webdataset_shards
 from assets.definitions import defs
+from assets.errors import cause_line, run_error, user_error
 from assets.raw_images import raw_images
 from assets.resources import FetchResource, SourcesResource, StorageResource
+from pipelines import manifest as mf
 from pipelines.dataset import DatasetSettings, in_holdout
+from pipelines.httpclient import ALLOWED_NETWORKS_ENV
 from pipelines.manifest import COLUMNS
+from pipelines.storage import LocalStorage
 from tests.fakeweb import FakeWeb, free_port, make_image_bytes
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,6 +167,104 @@ def test_unreachable_source_fails_fast_naming_it(tmp_path, instance, host):
         assert "offline" in message.lower()
 
 
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("classes: {dogs: [{name: a, kind: nope}]}", "classes.dogs.0 Input tag 'nope' found using 'kind'"),
+        ("classes: {dogs: [{kind: dog_ceo}]}", "classes.dogs.0.dog_ceo.name Field required"),
+        ("classes: {dogs: [{name: t, kind: xyz_tiles, zooms: [3]}]}", "classes.dogs.0.xyz_tiles.bbox Field required"),
+        (
+            "classes: {dogs: [{name: t, kind: xyz_tiles, url_template: 'http://x/{z}/{x}/{y}', bbox: [9, 0, 1, 1], "
+            "zooms: [3]}]}",
+            "source 't': bbox must be (west, south, east, north) in degrees, got (9.0, 0.0, 1.0, 1.0)",
+        ),
+    ],
+)
+def test_a_bad_sources_file_is_the_runs_one_line_error(tmp_path, instance, text, field):
+    """What the UI and ``gan-pipelines run`` show: the file and the field at fault, one line, no traceback."""
+    (tmp_path / "s.yaml").write_text(text)
+    res = resources(tmp_path, str(tmp_path / "s.yaml"))
+    result = materialise(res, instance, "dogs")
+    assert not result.success
+    error = user_error(run_error(result.all_events, step_key="raw_images"))
+    assert error.cls_name == "Failure" and error.cause is None and error.context is None
+    assert "\n" not in error.message.rstrip("\n")  # Dagster records "module.Failure: <description>\n"
+    line = cause_line(error)
+    assert line.startswith(f"sources file {tmp_path / 's.yaml'}") and field in line
+    assert "For further information" not in line
+
+
+def test_a_finished_partition_is_materialised_again_without_a_request(tmp_path, instance):
+    """Once every source ran out or met its quota and the failures are final (max_attempts=1 here), a
+    re-run makes no HTTP request at all: no listing, no robots.txt, no download."""
+    with FakeWeb(dog_breeds={"pug": []}, images_per_breed=3) as fw:
+        urls = tmp_path / "urls.txt"
+        urls.write_text(f"{fw.url('/img/one.jpg')}\n{fw.url('/fault/status/503')}\n")
+        spec = {
+            "max_new_per_source": 5,
+            "classes": {
+                "dogs": [
+                    {"name": "dog_ceo", "kind": "dog_ceo", "base_url": fw.url("/dogceo/api")},
+                    {"name": "mirror", "kind": "url_list", "path": str(urls)},
+                ]
+            },
+        }
+        res = resources(tmp_path, write_sources(tmp_path / "s.yaml", spec))
+        first = materialise(res, instance, "dogs", {"max_attempts": 1, "max_failure_rate": 1.0})
+        assert first.success
+        rows = Counter((r["status"], r["retryable"]) for r in manifest(tmp_path, "dogs"))
+        assert rows == {("ok", False): 4, ("http_error", False): 1}  # the 503 is final after one attempt
+        n = len(fw.requests)
+        second = materialise(res, instance, "dogs", {"max_attempts": 1, "max_failure_rate": 1.0})
+        assert second.success and fw.requests[n:] == []
+        [m1], [m2] = (r.asset_materializations_for_node("raw_images") for r in (first, second))
+        assert m2.metadata["attempted_this_run"].value == 0
+        assert m1.tags["dagster/data_version"] == m2.tags["dagster/data_version"]
+
+
+def _slow_dogs(tmp_path: Path, fw: FakeWeb, quota: int) -> dict:
+    """Resources for a dogs partition of ``quota`` images from a server answering each request after 1 s."""
+    fw.latency = 1.0
+    return resources(tmp_path, write_sources(tmp_path / "s.yaml", web_sources(fw, quota=quota)))
+
+
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie: either way its descriptors, and so its locks, are released."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def _wait_for_downloads(fw: FakeWeb, alive: threading.Thread | subprocess.Popen) -> None:
+    deadline = time.monotonic() + 60
+    while not fw.hits("/dogimg/"):
+        running = alive.is_alive() if isinstance(alive, threading.Thread) else alive.poll() is None
+        assert running and time.monotonic() < deadline, "the first run ended or never downloaded"
+        time.sleep(0.02)
+
+
+def test_two_materialisations_of_one_partition_never_fetch_a_url_twice(tmp_path, fakeweb, instance):
+    """The second run fails at once naming the first (its host, pid and run id); the first ends as if alone."""
+    res = _slow_dogs(tmp_path, fakeweb, 24)
+    first: list[dg.ExecuteInProcessResult] = []
+    thread = threading.Thread(target=lambda: first.append(materialise(res, instance, "dogs")))
+    thread.start()
+    try:
+        _wait_for_downloads(fakeweb, thread)
+        second = materialise(res, instance, "dogs")
+        assert thread.is_alive(), "the second run waited for the first"
+    finally:
+        thread.join(timeout=120)
+    assert not second.success and first[0].success
+    line = cause_line(run_error(second.all_events, step_key="raw_images"))
+    assert line.startswith(f"raw partition dogs/{DAY} is being written by host ")
+    assert f"pid {os.getpid()}, Dagster run {first[0].run_id}, since " in line
+    downloads = Counter(r.path for r in fakeweb.requests if r.path.startswith("/dogimg/"))
+    assert len(downloads) == 24 and set(downloads.values()) == {1}, "a URL was fetched twice"
+    assert len(manifest(tmp_path, "dogs")) == 24
+
+
 def test_definitions_load_and_name_every_asset():
     defs.validate_loadable(defs)
     graph = defs.resolve_asset_graph()
@@ -255,6 +363,55 @@ def test_command_lines_run_the_workspace_and_the_whole_pipeline(tmp_path, fid_we
         assert inst.get_latest_materialization_event(dg.AssetKey("training_timelapse")) is not None
     assert (tmp_path / "data" / "datasets" / "latest.json").is_file()
     assert list((tmp_path / "data" / "runs").rglob("step-00000002.pt"))  # runs live in a local storage root
+
+
+@pytest.mark.slow
+def test_a_step_left_running_by_a_killed_command_keeps_the_partition_until_it_dies(tmp_path, fakeweb, instance):
+    """``kill -9`` of ``dagster asset materialize`` leaves its step process ingesting. Running the partition
+    again, as the README advises, fails naming that process; once it is gone too, the next run goes ahead
+    at once and fetches only what the dead one had not saved."""
+    res = _slow_dogs(tmp_path, fakeweb, 64)
+    env = _env(tmp_path, res["sources"].path)
+    env[ALLOWED_NETWORKS_ENV] = os.environ[ALLOWED_NETWORKS_ENV]
+    cli = [str(Path(sys.executable).parent / "dagster"), "asset", "materialize", "-m", "assets.definitions"]
+    cmd = [*cli, "--select", "raw_images", "--partition", f"dogs|{DAY}"]
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    store = LocalStorage(tmp_path / "data")
+    try:
+        _wait_for_downloads(fakeweb, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+
+        blocked = materialise(res, instance, "dogs")
+        assert not blocked.success
+        line = cause_line(run_error(blocked.all_events, step_key="raw_images"))
+        holder = int(re.search(r"is being written by host [^,]+, pid (\d+), Dagster run ", line)[1])
+        assert holder != proc.pid and os.getpgid(holder) == proc.pid, "not the killed command's own step process"
+
+        deadline = time.monotonic() + 30
+        while not list(store.list(mf.parts_prefix("dogs", DAY))):  # the orphan saved some rows: kill it now
+            assert time.monotonic() < deadline and not _dead(holder)
+            time.sleep(0.02)
+        os.kill(holder, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while not _dead(holder):
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert not store.exists(mf.manifest_key("dogs", DAY)), "the orphan finished before it was killed"
+        saved = {urlsplit(r["url"]).path for r in mf.read_rows(store, store.list(mf.parts_prefix("dogs", DAY)))}
+        n = len(fakeweb.requests)
+        fakeweb.latency = 0.0
+        resumed = materialise(res, instance, "dogs")  # at once: no lease to wait for
+        assert resumed.success
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert len(manifest(tmp_path, "dogs")) == 64
+    [mat] = resumed.asset_materializations_for_node("raw_images")
+    assert mat.metadata["attempted_this_run"].value == 64 - len(saved)
+    assert not {r.path for r in fakeweb.requests[n:]} & saved, "fetched again what the orphan had saved"
 
 
 def test_preview_image_is_a_real_png(tmp_path, fakeweb, instance):

@@ -6,7 +6,7 @@ from pathlib import Path
 import mercantile
 import pytest
 
-from pipelines.sources import SourceContext, load_sources_file
+from pipelines.sources import SourceContext, SourceUnavailable, load_sources_file
 from pipelines.sources.local import LocalDirSource, UrlListSource
 from pipelines.sources.xyz_tiles import XyzTilesSource, spread_order, tile_range
 
@@ -108,3 +108,29 @@ def test_url_list_and_local_dir(tmp_path):
     cands = list(LocalDirSource(str(tmp_path / "d")).candidates(_ctx()))
     assert [c.meta["path"] for c in cands] == ["b.JPG", "sub/a.png"]
     assert cands[0].url.startswith("file://")
+    # Only local_dir candidates may be read from disk; a url_list's file: line is a URL a file listed, not a file.
+    assert all(c.local for c in cands)
+    lst.write_text("file:///etc/passwd\n")
+    assert [(c.url, c.local) for c in UrlListSource(str(lst)).candidates(_ctx())] == [("file:///etc/passwd", False)]
+
+
+def test_url_list_line_numbers_survive_bom_and_crlf(tmp_path):
+    """Written by Notepad: a BOM and CRLF line ends; the first URL is clean and every line keeps its number."""
+    lst = tmp_path / "urls.txt"
+    lst.write_bytes("\ufeffhttp://127.0.0.1:9/a.jpg\r\n# comment\r\nhttp://127.0.0.1:9/\u00e4\u2028.jpg\r\n".encode())
+    cands = list(UrlListSource(str(lst)).candidates(_ctx()))
+    assert [(c.url, c.meta["line"]) for c in cands] == [
+        ("http://127.0.0.1:9/a.jpg", 1),
+        ("http://127.0.0.1:9/\u00e4\u2028.jpg", 3),
+    ]
+
+
+def test_url_list_that_is_not_utf8_names_the_file_and_line(tmp_path):
+    """A Latin-1 file is one line of error naming where, before anything is fetched; not a bare UnicodeDecodeError."""
+    lst = tmp_path / "urls.txt"
+    lst.write_bytes(b"http://127.0.0.1:9/a.jpg\n# caf\xc3\xa9\nhttp://127.0.0.1:9/caf\xe9.jpg\n")
+    with pytest.raises(SourceUnavailable) as err:
+        next(UrlListSource(str(lst), name="mirror").candidates(_ctx()))
+    assert str(err.value) == (
+        f"source 'mirror': URL list {lst}, line 3, byte 23: not UTF-8 (invalid continuation byte)"
+    )

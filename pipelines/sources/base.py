@@ -14,7 +14,7 @@ from typing import Any, Protocol, TypeVar
 
 import requests
 
-from pipelines.httpclient import describe_error, resolve_host
+from pipelines.httpclient import describe_error, quote_body, resolve_host
 
 OFFLINE_HINT = (
     "`make demo` runs the whole pipeline offline on tiles the repository ships; for your own data see README.md, "
@@ -32,6 +32,9 @@ class Candidate:
     source: str
     license: str | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    # A file of the user's own (local_dir): only then may the URL be a file: URL. Listings from servers never are,
+    # or any web page could make the fetcher read local files.
+    local: bool = False
 
 
 @dataclass
@@ -61,13 +64,13 @@ class SourceContext:
             raise SourceUnavailable(f"source {source!r}: GET {url} failed: {describe_error(e)[1]}") from e
         if resp.status_code != 200:
             raise SourceUnavailable(
-                f"source {source!r}: GET {resp.url} answered HTTP {resp.status_code}: {resp.text[:200]!r}"
+                f"source {source!r}: GET {resp.url} answered HTTP {resp.status_code}: {quote_body(resp.content)}"
             )
         try:
             return resp.json()
         except ValueError as e:
             raise SourceUnavailable(
-                f"source {source!r}: GET {resp.url} did not return JSON (starts with {resp.text[:80]!r})"
+                f"source {source!r}: GET {resp.url} did not return JSON (starts with {quote_body(resp.content)})"
             ) from e
 
 

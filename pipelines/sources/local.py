@@ -13,7 +13,12 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".ti
 
 @dataclass
 class UrlListSource:
-    """One URL per line; blank lines and lines starting with '#' are ignored."""
+    """One URL per line; blank lines and lines starting with '#' are ignored.
+
+    Lines are listed as written: one that is no http(s) URL (a typo, a ``file:`` URL, a local path)
+    becomes an error row of its own, so the rest of the list is still fetched. A file that is not
+    UTF-8 stops the source with its line number, before anything is fetched.
+    """
 
     path: str
     name: str = "url_list"
@@ -21,10 +26,18 @@ class UrlListSource:
 
     def candidates(self, ctx: SourceContext) -> Iterator[Candidate]:
         try:
-            lines = Path(self.path).read_text(encoding="utf-8").splitlines()
+            data = Path(self.path).read_bytes()
         except OSError as e:
             raise SourceUnavailable(f"source {self.name!r}: cannot read URL list {self.path}: {e.strerror}") from e
-        for n, line in enumerate(lines, 1):
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            line = data.count(b"\n", 0, e.start) + 1
+            column = e.start - data.rfind(b"\n", 0, e.start)  # 1-based, in bytes
+            raise SourceUnavailable(
+                f"source {self.name!r}: URL list {self.path}, line {line}, byte {column}: not UTF-8 ({e.reason})"
+            ) from None
+        for n, line in enumerate(text.split("\n"), 1):
             url = line.strip()
             if url and not url.startswith("#"):
                 yield Candidate(url=url, source=self.name, license=self.license, meta={"line": n})
@@ -32,7 +45,11 @@ class UrlListSource:
 
 @dataclass
 class LocalDirSource:
-    """Every image file under a folder, as file:// URLs, in sorted order."""
+    """Every image file under a folder, as file:// URLs, in sorted order.
+
+    Its candidates are the only ones the fetcher reads from disk. Entries that are not regular files
+    (a FIFO, a link to a device) are listed too: the fetcher refuses them, and the manifest says why.
+    """
 
     path: str
     name: str = "local_dir"
@@ -44,7 +61,11 @@ class LocalDirSource:
         if not root.is_dir():
             raise SourceUnavailable(f"source {self.name!r}: {root} is not a directory")
         for p in sorted(root.rglob("*")):
-            if p.suffix.lower() in self.suffixes and p.is_file():
+            if p.suffix.lower() in self.suffixes and not p.is_dir():
                 yield Candidate(
-                    url=p.as_uri(), source=self.name, license=self.license, meta={"path": str(p.relative_to(root))}
+                    url=p.as_uri(),
+                    source=self.name,
+                    license=self.license,
+                    meta={"path": str(p.relative_to(root))},
+                    local=True,
                 )
