@@ -27,6 +27,7 @@ import urllib3
 from pipelines.httpclient import HttpSettings, RetryAfterTooLong, clip, describe_error, error_chain, make_session
 from pipelines.politeness import HostLimits, RobotsCache, agent_token, opt_out_directives
 from pipelines.storage import Storage, content_key
+from pipelines.streamget import StreamGet
 from pipelines.validate import ImageInfo, ImageRejected, validate_image
 
 
@@ -132,7 +133,7 @@ def _file_kind(mode: int) -> str:
 
 
 def check_image(data: bytes, min_side: int, max_pixels: int) -> tuple[ImageInfo, str]:
-    """Fully decode ``data`` (raises :class:`ImageRejected`) and hash it: the CPU-bound part of a fetch."""
+    """Decode ``data`` to validate it (raises :class:`ImageRejected`) and hash it: the CPU-bound part of a fetch."""
     info = validate_image(data, min_side=min_side, max_pixels=max_pixels)
     return info, hashlib.sha256(data).hexdigest()
 
@@ -144,6 +145,7 @@ class Fetcher:
         self.settings = settings or FetchSettings()
         self.storage = storage
         self.session = make_session(self.settings.http)
+        self.stream_get = StreamGet(self.session)  # downloads: the session's adapter without Session.request's overhead
         self.timeout = (self.settings.http.connect_timeout, self.settings.http.read_timeout)
         self.robots = RobotsCache(self.session, self.settings.http.user_agent, self.timeout)
         self.hosts = HostLimits(self.settings.per_host_concurrency, self.settings.per_host_rate)
@@ -211,7 +213,7 @@ class Fetcher:
     def _get(self, url: str, result: FetchResult) -> bytes:
         s = self.settings
         try:
-            with self.session.get(url, stream=True, timeout=self.timeout, allow_redirects=False) as resp:
+            with self.stream_get(url, self.timeout) as resp:
                 result.http_status = resp.status_code
                 result.content_type = _header(resp, "Content-Type")
                 result.x_robots_tag = _header(resp, "X-Robots-Tag")
