@@ -24,7 +24,16 @@ from urllib.parse import unquote, urljoin, urlparse
 import requests
 import urllib3
 
-from pipelines.httpclient import HttpSettings, RetryAfterTooLong, clip, describe_error, error_chain, make_session
+from pipelines.httpclient import (
+    BodyLimitExceeded,
+    HttpSettings,
+    RetryAfterTooLong,
+    clip,
+    describe_error,
+    error_chain,
+    make_session,
+    read_limited,
+)
 from pipelines.politeness import HostLimits, RobotsCache, agent_token, opt_out_directives
 from pipelines.storage import Storage, content_key
 from pipelines.streamget import StreamGet
@@ -243,23 +252,16 @@ class Fetcher:
         is cut off at ``download_timeout`` (overshooting by at most one read timeout).
         """
         s = self.settings
-        deadline = time.monotonic() + s.download_timeout
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            try:
-                chunk = resp.raw.read1(64 * 1024, decode_content=True)
-            except (urllib3.exceptions.HTTPError, OSError) as e:
-                raise _Failed.from_exception(e) from e
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > s.max_bytes:
-                raise _Failed("too_large", f"body exceeds max_bytes={s.max_bytes:,}", 200)
-            if time.monotonic() > deadline:
-                raise _Failed("timeout", f"download took longer than download_timeout={s.download_timeout:g}s", 200)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        try:
+            return read_limited(resp, s.max_bytes, s.download_timeout)
+        except BodyLimitExceeded as e:
+            if e.kind == "too_large":
+                raise _Failed("too_large", f"body exceeds max_bytes={s.max_bytes:,}", 200) from None
+            raise _Failed(
+                "timeout", f"download took longer than download_timeout={s.download_timeout:g}s", 200
+            ) from None
+        except (urllib3.exceptions.HTTPError, OSError) as e:
+            raise _Failed.from_exception(e) from e
 
     def _read_file(self, url: str) -> bytes:
         """A regular file, read like a body: at most ``max_bytes``, within ``download_timeout``.

@@ -20,6 +20,7 @@ import ipaddress
 import os
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -83,6 +84,41 @@ def clip(text: str, limit: int = MAX_QUOTE) -> str:
 def quote_body(body: bytes, limit: int = 120) -> str:
     """The start of a response body for an error message: at most ``limit`` bytes, escaped."""
     return repr(body[:limit]) + (f"... ({len(body):,} bytes)" if len(body) > limit else "")
+
+
+class BodyLimitExceeded(requests.RequestException):
+    """A response body was larger or slower than its reader allows (``kind`` is "too_large" or "timeout")."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def read_limited(resp: requests.Response, max_bytes: int, timeout_s: float, *, truncate: bool = False) -> bytes:
+    """The body of a ``stream=True`` response, at most ``max_bytes`` and within ``timeout_s`` in all.
+
+    Size and deadline are checked after every network read (``read1`` returns whatever arrived), so a
+    server that drips bytes just under the read timeout, or sends without end, is cut off. Past
+    ``max_bytes`` the body is cut there when ``truncate`` (robots.txt: RFC 9309 reads the first 500 KiB),
+    else :class:`BodyLimitExceeded` is raised; a body still arriving at the deadline raises it too.
+    """
+    deadline = time.monotonic() + timeout_s
+    chunks: list[bytes] = []
+    total = 0
+    while True:
+        chunk = resp.raw.read1(64 * 1024, decode_content=True)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+        if total > max_bytes:
+            if truncate:
+                resp.close()
+                return b"".join(chunks)[:max_bytes]
+            raise BodyLimitExceeded("too_large", f"body exceeds {max_bytes:,} bytes")
+        if time.monotonic() > deadline:
+            raise BodyLimitExceeded("timeout", f"body took longer than {timeout_s:g}s")
+    return b"".join(chunks)
 
 
 class AddressRefused(urllib3.exceptions.HTTPError):

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 import requests
 from protego import Protego
 
-from pipelines.httpclient import describe_error, is_refused
+from pipelines.httpclient import describe_error, is_refused, read_limited
 
 # X-Robots-Tag directives that carry a value after a colon; anything else before a colon is a bot name.
 _VALUED = {"max-snippet", "max-image-preview", "max-video-preview", "unavailable_after"}
@@ -58,6 +58,12 @@ class RobotsVerdict:
     failed: bool = False
 
 
+#: RFC 9309: crawlers must parse at least the first 500 KiB of a robots.txt and may ignore the rest; a
+#: robots.txt still arriving after the deadline is "unreachable" (disallow for now), like one that never answers.
+ROBOTS_MAX_BYTES = 500 * 1024
+ROBOTS_DEADLINE_S = 30.0
+
+
 class RobotsCache:
     """Per-origin robots.txt rules, fetched lazily and once, safe to share across threads."""
 
@@ -71,7 +77,8 @@ class RobotsCache:
 
     def _load(self, origin: str) -> Protego | RobotsVerdict:
         try:
-            resp = self.session.get(f"{origin}/robots.txt", timeout=self.timeout)
+            with self.session.get(f"{origin}/robots.txt", timeout=self.timeout, stream=True) as resp:
+                body = read_limited(resp, ROBOTS_MAX_BYTES, ROBOTS_DEADLINE_S, truncate=True)
         except requests.RequestException as e:
             if is_refused(e):  # our policy, not the server: nothing to cache, and the fetcher must say so
                 raise
@@ -83,7 +90,7 @@ class RobotsCache:
             return RobotsVerdict(False, why, http_status=resp.status_code, failed=True)
         if resp.status_code >= 400:
             return RobotsVerdict(True)
-        return Protego.parse(resp.content.decode("utf-8", "replace"))  # RFC 9309: robots.txt is UTF-8
+        return Protego.parse(body.decode("utf-8", "replace"))  # RFC 9309: robots.txt is UTF-8
 
     def rules(self, url: str) -> Protego | RobotsVerdict:
         parsed = urlparse(url)

@@ -6,6 +6,7 @@ so one politeness and error policy covers every source.
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -14,7 +15,11 @@ from typing import Any, Protocol, TypeVar
 
 import requests
 
-from pipelines.httpclient import describe_error, quote_body, resolve_host
+from pipelines.httpclient import describe_error, quote_body, read_limited, resolve_host
+
+#: A listing API page is a few KiB to a few MiB of JSON; more, or slower, is a broken or hostile server.
+LISTING_MAX_BYTES = 32 * 2**20
+LISTING_DEADLINE_S = 60.0
 
 OFFLINE_HINT = (
     "`make demo` runs the whole pipeline offline on tiles the repository ships; for your own data see README.md, "
@@ -59,18 +64,19 @@ class SourceContext:
         """GET a JSON document or raise :class:`SourceUnavailable` within seconds, with the reason."""
         self.preflight(source, url)
         try:
-            resp = self.session.get(url, params=params, timeout=self.timeout)
+            with self.session.get(url, params=params, timeout=self.timeout, stream=True) as resp:
+                body = read_limited(resp, LISTING_MAX_BYTES, LISTING_DEADLINE_S)
         except requests.RequestException as e:
             raise SourceUnavailable(f"source {source!r}: GET {url} failed: {describe_error(e)[1]}") from e
         if resp.status_code != 200:
             raise SourceUnavailable(
-                f"source {source!r}: GET {resp.url} answered HTTP {resp.status_code}: {quote_body(resp.content)}"
+                f"source {source!r}: GET {resp.url} answered HTTP {resp.status_code}: {quote_body(body)}"
             )
         try:
-            return resp.json()
+            return json.loads(body)
         except ValueError as e:
             raise SourceUnavailable(
-                f"source {source!r}: GET {resp.url} did not return JSON (starts with {quote_body(resp.content)})"
+                f"source {source!r}: GET {resp.url} did not return JSON (starts with {quote_body(body)})"
             ) from e
 
 
