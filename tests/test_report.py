@@ -11,7 +11,6 @@ import dataclasses
 import io
 import math
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from ganmodels.report import (
     summary_line,
 )
 from ganmodels.timelapse import TimelapseResult, render_timelapse
+from tests.chromium import chromium_binary
 
 ARTIFACTS = Path(os.environ.get("PYTEST_ARTIFACTS") or Path(__file__).parent / "artifacts")
 STEPS = [0, 100, 200]
@@ -181,17 +181,9 @@ def test_the_page_is_self_contained_and_escapes_its_inputs(media: tuple[bytes, T
 # ---- the page in a browser ---------------------------------------------------------------------------------------
 
 
-def _chromium() -> str | None:
-    """The Debian chromium binary itself (``/usr/bin/chromium`` is a shell wrapper around it)."""
-    real = Path("/usr/lib/chromium/chromium")
-    if real.is_file() and os.access(real, os.X_OK):
-        return str(real)
-    return shutil.which("chromium")
-
-
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
-    chromium = _chromium()
+    chromium = chromium_binary()
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from playwright.sync_api import sync_playwright

@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import io
 import os
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import yaml
 from assets.settings import project_dir
 from assets.training import model_key
 from pipelines.storage import LocalStorage
+from tests.chromium import chromium_binary
 from tests.dagster_dev import DagsterDev, group_alive
 from tests.tiny_dataset import tiny_experiment, write_dataset
 
@@ -207,17 +207,9 @@ def test_backfill_two_experiments_through_the_webserver(server: Server) -> None:
         time.sleep(3)
 
 
-def _chromium() -> str | None:
-    """The Debian chromium binary itself (``/usr/bin/chromium`` is a shell wrapper around it)."""
-    real = Path("/usr/lib/chromium/chromium")
-    if real.is_file() and os.access(real, os.X_OK):
-        return str(real)
-    return shutil.which("chromium")
-
-
 def test_asset_graph_renders_in_headless_chromium(server: Server) -> None:
     """The UI itself (its JavaScript, not just GraphQL) draws the whole lineage; the screenshot shows it."""
-    chromium = _chromium()
+    chromium = chromium_binary()
     if chromium is None:
         pytest.skip("Debian's chromium is not installed (apt-get install chromium)")
     from PIL import Image
