@@ -10,6 +10,7 @@ from pydantic import Field
 from assets.metadata import preview
 from assets.partitions import raw_partitions
 from assets.resources import FetchResource, SourcesResource, StorageResource
+from pipelines.fetchpool import FetchWorkerError
 from pipelines.ingest import ingest_partition
 from pipelines.lease import LeaseError
 from pipelines.sources import SourceUnavailable
@@ -79,13 +80,14 @@ def raw_images(
             day,
             srcs,
             concurrency=fetch.concurrency,
+            processes=fetch.fetch_processes(),
             max_attempts=config.max_attempts,
             holder=f"Dagster run {context.run.run_id}",
             lease_ttl_s=config.lease_ttl_s,
             lease_wait_s=config.lease_wait_s,
             log=context.log.info,
         )
-    except (SourceUnavailable, LeaseError) as e:
+    except (SourceUnavailable, LeaseError, FetchWorkerError) as e:
         raise dg.Failure(description=str(e), allow_retries=False) from e
     finally:
         fetcher.close()

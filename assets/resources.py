@@ -8,6 +8,7 @@ from pydantic import Field
 
 from assets.settings import default_data_root, default_sources_file
 from pipelines.fetch import Fetcher, FetchSettings
+from pipelines.fetchpool import default_processes
 from pipelines.httpclient import DEFAULT_USER_AGENT, HttpSettings
 from pipelines.sources import SourcesFile, load_sources_file
 from pipelines.storage import Storage, open_storage
@@ -31,7 +32,13 @@ class FetchResource(dg.ConfigurableResource):
     """How politely and how fast to download. Defaults suit public servers."""
 
     user_agent: str = DEFAULT_USER_AGENT
-    concurrency: int = Field(16, ge=1, description="download threads per partition")
+    concurrency: int = Field(16, ge=1, description="download threads per partition, in all processes together")
+    processes: int = Field(
+        0,
+        ge=0,
+        description="processes the downloads are split between, so decoding and hashing use every core; "
+        "0 = one per available core, at most 4; 1 = threads in the step's own process",
+    )
     per_host_concurrency: int = Field(4, ge=1)
     per_host_rate: float = Field(10.0, description="requests/second per host; 0 = unlimited")
     connect_timeout: float = 5.0
@@ -75,6 +82,9 @@ class FetchResource(dg.ConfigurableResource):
             per_host_rate=self.per_host_rate,
         )
         return Fetcher(storage, settings)
+
+    def fetch_processes(self) -> int:
+        return self.processes or default_processes()
 
 
 class SourcesResource(dg.ConfigurableResource):

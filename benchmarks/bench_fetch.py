@@ -71,7 +71,7 @@ def _settings(concurrency: int) -> FetchSettings:
     )
 
 
-def _ingest(urls: Path, root: Path, concurrency: int) -> tuple[int, float]:
+def _ingest(urls: Path, root: Path, concurrency: int, processes: int = 1) -> tuple[int, float]:
     """Ok count and seconds of one ``ingest_partition`` over the URL list into a fresh local storage."""
     storage = LocalStorage(root)
     fetcher = Fetcher(storage, _settings(concurrency))
@@ -84,6 +84,7 @@ def _ingest(urls: Path, root: Path, concurrency: int) -> tuple[int, float]:
             date(2026, 11, 24),
             [(UrlListSource(str(urls)), len(urls.read_text().split()))],
             concurrency=concurrency,
+            processes=processes,
             log=lambda _: None,
         )
         elapsed = time.perf_counter() - t0
@@ -262,9 +263,10 @@ def _timed(run: Run, cmd: list[str], log: Path, server_pid: int, env: dict[str, 
     run.others_cpu_s = max(0.0, busy - run.cpu_s - run.server_cpu_s)
 
 
-def run_ours(urls: Path, work: Path, concurrency: int, server_pid: int) -> Run:
+def run_ours(urls: Path, work: Path, concurrency: int, processes: int, server_pid: int) -> Run:
     log, run = work.with_suffix(".log"), Run("ours")
     cmd = [sys.executable, __file__, "ingest", str(urls), str(work), "--concurrency", str(concurrency)]
+    cmd += ["--processes", str(processes)]
     _timed(run, cmd, log, server_pid)
     result = json.loads(log.read_text().splitlines()[-1])
     run.ok, run.phase_s = result["ok"], result["seconds"]
@@ -333,7 +335,7 @@ def versus_img2dataset(args: argparse.Namespace) -> None:
             lists[name] = Path(tmp) / f"{name}.txt"
             lists[name].write_text("".join(f"http://127.0.0.1:{port}/img/{i:05d}.jpg\n" for i in range(n)))
         sides = {
-            "ours": lambda urls, work: run_ours(urls, work, args.concurrency, server.pid),
+            "ours": lambda urls, work: run_ours(urls, work, args.concurrency, args.our_processes, server.pid),
             "img2dataset": lambda urls, work: run_img2dataset(urls, work, args, server.pid),
         }
         for name, side in sides.items():  # warm the page cache for both interpreters' imports
@@ -377,7 +379,7 @@ def versus_img2dataset(args: argparse.Namespace) -> None:
 
 def ingest_command(args: argparse.Namespace) -> None:
     """The project's side of the comparison, in a process of its own: prints ``{"ok": n, "seconds": s}``."""
-    ok, seconds = _ingest(Path(args.urls), Path(args.root), args.concurrency)
+    ok, seconds = _ingest(Path(args.urls), Path(args.root), args.concurrency, args.processes)
     print(json.dumps({"ok": ok, "seconds": seconds}))
 
 
@@ -393,6 +395,7 @@ def main() -> None:
     vs.add_argument("--latency", type=float, default=0.05)
     vs.add_argument("--rounds", type=int, default=3)
     vs.add_argument("--concurrency", type=int, default=64, help="the project's download threads")
+    vs.add_argument("--our-processes", type=int, default=2, help="the project's fetch processes")
     vs.add_argument("--processes", type=int, default=2, help="img2dataset --processes_count")
     vs.add_argument("--threads", type=int, default=32, help="img2dataset --thread_count")
     vs.set_defaults(run=versus_img2dataset)
@@ -400,6 +403,7 @@ def main() -> None:
     ing.add_argument("urls")
     ing.add_argument("root", help="a new local storage folder")
     ing.add_argument("--concurrency", type=int, default=64)
+    ing.add_argument("--processes", type=int, default=2)
     ing.set_defaults(run=ingest_command)
     args = parser.parse_args()
     args.run(args)

@@ -148,16 +148,26 @@ def check_image(data: bytes, min_side: int, max_pixels: int) -> tuple[ImageInfo,
 
 
 class Fetcher:
-    """Thread-safe: one instance is shared by all download threads of a run."""
+    """Thread-safe: one instance is shared by all download threads of a process.
 
-    def __init__(self, storage: Storage, settings: FetchSettings | None = None) -> None:
+    ``share``: this fetcher is one of ``share`` processes fetching for the same run (pipelines/fetchpool.py),
+    so it takes that fraction of every host's concurrency and request rate, and waits ``share`` times a
+    robots.txt Crawl-delay: together they load a host no more than one fetcher would. ``rank`` (0 to
+    share - 1) offsets its turns, so the processes' requests to a host alternate rather than coincide.
+    """
+
+    def __init__(
+        self, storage: Storage, settings: FetchSettings | None = None, *, share: int = 1, rank: int = 0
+    ) -> None:
         self.settings = settings or FetchSettings()
+        self.share = share
         self.storage = storage
         self.session = make_session(self.settings.http)
         self.stream_get = StreamGet(self.session)  # downloads: the session's adapter without Session.request's overhead
         self.timeout = (self.settings.http.connect_timeout, self.settings.http.read_timeout)
         self.robots = RobotsCache(self.session, self.settings.http.user_agent, self.timeout)
-        self.hosts = HostLimits(self.settings.per_host_concurrency, self.settings.per_host_rate)
+        s = self.settings
+        self.hosts = HostLimits(max(1, s.per_host_concurrency // share), s.per_host_rate / share, phase=rank / share)
         self.agent = agent_token(self.settings.http.user_agent)
 
     def close(self) -> None:
@@ -217,7 +227,7 @@ class Fetcher:
         if not verdict.allowed:
             raise _Failed("robots_disallowed", verdict.reason)
         if delay:
-            self.hosts.limiter(host).slow_down(delay)
+            self.hosts.limiter(host).slow_down(delay * self.share)
 
     def _get(self, url: str, result: FetchResult) -> bytes:
         s = self.settings

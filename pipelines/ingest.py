@@ -18,15 +18,17 @@ import contextlib
 import hashlib
 import json
 import logging
+import queue
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import date
 
 from pipelines import manifest as mf
 from pipelines.fetch import Fetcher, FetchResult
+from pipelines.fetchpool import FetchPool
 from pipelines.lease import Lease, partition_lease
 from pipelines.sources.base import Candidate, Source, SourceContext, SourceUnavailable
 from pipelines.storage import Storage
@@ -123,6 +125,7 @@ def ingest_partition(
     sources: list[tuple[Source, int]],
     *,
     concurrency: int = 16,
+    processes: int = 1,
     max_failures_per_source: int | None = None,
     unreachable_after: int = 8,
     max_attempts: int = 3,
@@ -134,6 +137,9 @@ def ingest_partition(
     log: Callable[[str], None] = logger.info,
 ) -> IngestReport:
     """Fetch up to each source's quota of new images for the partition and write its manifest.
+
+    ``concurrency`` download threads in all; with ``processes`` > 1 they are split between that many worker
+    processes (pipelines/fetchpool.py), which use every core.
 
     Raises :class:`SourceUnavailable` (after saving what was fetched) when a source's listing API
     cannot be reached, or its first ``unreachable_after`` downloads get no answer at all.
@@ -158,6 +164,7 @@ def ingest_partition(
             sources,
             lease,
             concurrency=concurrency,
+            processes=processes,
             max_failures=max_failures_per_source or max(50, 2 * max((q for _, q in sources), default=0)),
             unreachable_after=unreachable_after,
             max_attempts=max_attempts,
@@ -176,6 +183,7 @@ def _fill(
     lease: Lease,
     *,
     concurrency: int,
+    processes: int,
     max_failures: int,
     unreachable_after: int,
     max_attempts: int,
@@ -268,7 +276,19 @@ def _fill(
             if st.failures == max_failures:
                 log(f"{class_name}/{day}: source {st.source.name!r} stopped after {max_failures} failures")
 
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"fetch-{class_name}")
+    if processes > 1:
+        procs = FetchPool(storage, fetcher.settings, processes=processes, threads=concurrency, known_hashes=seen_hashes)
+        submit, close = procs.submit, procs.close
+    else:
+        threads = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=f"fetch-{class_name}")
+
+        def submit(url: str, *, allow_local: bool) -> Future[FetchResult]:
+            return threads.submit(fetcher.fetch, url, seen_hashes, allow_local=allow_local)
+
+        def close() -> None:
+            threads.shutdown(wait=True, cancel_futures=True)
+
+    finished_q: queue.SimpleQueue[Future[FetchResult]] = queue.SimpleQueue()  # cheaper than wait() over all
     try:
         while True:
             progressed = True
@@ -282,13 +302,20 @@ def _fill(
                         continue
                     submitted.add(cand.url)
                     st.inflight += 1
-                    inflight[pool.submit(fetcher.fetch, cand.url, seen_hashes, allow_local=cand.local)] = (st, cand)
+                    fut = submit(cand.url, allow_local=cand.local)
+                    inflight[fut] = (st, cand)
+                    fut.add_done_callback(finished_q.put)
                     progressed = True
             if not inflight:
                 break
-            done, _ = wait(inflight, return_when=FIRST_COMPLETED)
-            for fut in done:
-                record(fut)
+            fut = finished_q.get()
+            while True:
+                if fut in inflight and not fut.cancelled():
+                    record(fut)
+                try:
+                    fut = finished_q.get_nowait()
+                except queue.Empty:
+                    break
             if time.monotonic() - last_log > 10:
                 last_log = time.monotonic()
                 rate = run_counts["ok"] / (time.perf_counter() - t0)
@@ -299,7 +326,7 @@ def _fill(
         # On an error, keep what finished: those rows are flushed, the rest is retried on resume. The error
         # already propagating is the one to report: the same failure in other downloads (e.g. a full disk)
         # must neither replace it nor skip the flush.
-        pool.shutdown(wait=True, cancel_futures=True)
+        close()
         for fut in [f for f in inflight if f.done() and not f.cancelled()]:
             with contextlib.suppress(Exception):
                 record(fut)

@@ -32,6 +32,7 @@ STATUSES = (
     "opted_out",
     "invalid_url",
     "refused",
+    "crashed",
 )
 # Outcomes that were not the server's or the image's fault: policy, not failure.
 NOT_FAILURES = {"ok", "already_seen", "robots_disallowed", "opted_out"}

@@ -118,11 +118,16 @@ class RobotsCache:
 
 
 class RateLimiter:
-    """Spaces calls at least ``1/rate`` seconds apart (rate <= 0: no limit)."""
+    """Spaces calls at least ``1/rate`` seconds apart (rate <= 0: no limit).
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    ``phase`` (0 to 1) delays the first call by that fraction of the interval: limiters of several processes
+    sharing one host's budget (pipelines/fetchpool.py) then take turns instead of starting together.
+    """
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic, *, phase: float = 0.0) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
-        self._next = 0.0
+        self.phase = phase
+        self._next: float | None = None
         self._lock = threading.Lock()
         self._clock = clock
 
@@ -136,6 +141,8 @@ class RateLimiter:
             return
         with self._lock:
             now = self._clock()
+            if self._next is None:
+                self._next = now + self.phase * self.interval
             start = max(now, self._next)
             self._next = start + self.interval
         if start > now:
@@ -145,16 +152,18 @@ class RateLimiter:
 class HostLimits:
     """At most ``concurrency`` requests in flight and ``rate`` requests/second per host."""
 
-    def __init__(self, concurrency: int, rate: float) -> None:
+    def __init__(self, concurrency: int, rate: float, *, phase: float = 0.0) -> None:
         self.concurrency = concurrency
         self.rate = rate
+        self.phase = phase
         self._hosts: dict[str, tuple[threading.BoundedSemaphore, RateLimiter]] = {}
         self._guard = threading.Lock()
 
     def _for(self, host: str) -> tuple[threading.BoundedSemaphore, RateLimiter]:
         with self._guard:
             if host not in self._hosts:
-                self._hosts[host] = (threading.BoundedSemaphore(self.concurrency), RateLimiter(self.rate))
+                limiter = RateLimiter(self.rate, phase=self.phase)
+                self._hosts[host] = (threading.BoundedSemaphore(self.concurrency), limiter)
             return self._hosts[host]
 
     def limiter(self, host: str) -> RateLimiter:

@@ -8,6 +8,7 @@ S3 or MinIO (``s3://bucket/prefix``). Keys are always ``/``-separated relative p
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import os
 import secrets
@@ -182,6 +183,14 @@ class S3Storage:
         from boto3.s3.transfer import TransferConfig
         from botocore.config import Config
 
+        self._args = {
+            "bucket": bucket,
+            "prefix": prefix,
+            "endpoint_url": endpoint_url,
+            "region_name": region_name,
+            "multipart_threshold": multipart_threshold,
+            "max_pool_connections": max_pool_connections,
+        }
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.root_url = f"s3://{bucket}/{self.prefix}".rstrip("/")
@@ -192,6 +201,10 @@ class S3Storage:
             config=Config(retries={"mode": "standard", "max_attempts": 5}, max_pool_connections=max_pool_connections),
         )
         self.transfer = TransferConfig(multipart_threshold=multipart_threshold, multipart_chunksize=multipart_threshold)
+
+    def __reduce__(self) -> tuple:
+        """Pickled as its settings: another process (pipelines/fetchpool.py) makes its own boto3 client."""
+        return (functools.partial(S3Storage, **self._args), ())
 
     def _key(self, key: str) -> str:
         _check_key(key)
