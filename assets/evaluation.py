@@ -27,6 +27,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dagster as dg
 from PIL import Image
@@ -36,6 +37,9 @@ from assets.metadata import latest_metadata, png_markdown
 from assets.resources import FIDResource, StorageResource
 from pipelines.dataset import index_key, load_index
 from pipelines.storage import Storage, upload_file
+
+if TYPE_CHECKING:  # imported when the asset runs: loading the definitions needs no torch
+    from ganmodels.evaluate import Evaluator, MemorizationCheck
 
 __all__ = ["ON_NEW_DATA_VERSION", "EvaluationConfig", "TimelapseConfig", "build_evaluation_assets"]
 
@@ -66,10 +70,22 @@ class EvaluationConfig(dg.Config):
     )
     seed: int | None = Field(None, description="default 0")
     all_checkpoints: bool = Field(True, description="score every saved step (the FID curve), not just the last")
+    memorization_train_samples: int | None = Field(
+        None,
+        ge=0,
+        description="training images (split over the classes) the final samples are checked against for copies; "
+        "their features are extracted once per dataset version; default 2000, 0 turns the check off",
+    )
 
 
-#: The scores' identity settings when neither the run config nor an earlier evaluation sets them.
-DEFAULT_SETTINGS = {"num_samples": 1000, "kid_subsets": 100, "kid_subset_size": 1000, "seed": 0}
+#: The settings an automated run reuses when neither the run config nor an earlier evaluation sets them.
+DEFAULT_SETTINGS = {
+    "num_samples": 1000,
+    "kid_subsets": 100,
+    "kid_subset_size": 1000,
+    "seed": 0,
+    "memorization_train_samples": 2000,
+}
 
 
 class TimelapseConfig(dg.Config):
@@ -119,7 +135,8 @@ def report_key(experiment: str, name: str) -> str:
 
 
 def _identity_settings(context: dg.AssetExecutionContext, config: EvaluationConfig) -> dict[str, int]:
-    """Each identity setting from the run config, else from the partition's last evaluation, else the default."""
+    """Each setting of :data:`DEFAULT_SETTINGS` from the run config, else from the partition's last evaluation
+    (its ``eval_settings``), else the default."""
     previous = latest_metadata(context, EVALUATION)
     recorded = previous.metadata.get("eval_settings") if previous is not None else None
     last = recorded.value if recorded is not None and isinstance(recorded.value, dict) else {}
@@ -163,7 +180,7 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
         name="gan_evaluation",
         deps=[GENERATOR, TIMELAPSE],
         partitions_def=partitions,
-        code_version="2",
+        code_version="3",
         group_name="evaluate",
         kinds={"pytorch", "html"},
         automation_condition=ON_NEW_DATA_VERSION,
@@ -179,10 +196,11 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
     def gan_evaluation(
         context: dg.AssetExecutionContext, config: EvaluationConfig, storage: StorageResource, fid: FIDResource
     ) -> dg.MaterializeResult:
-        """FID and KID of the experiment's generator against the holdout split of the dataset version it was
-        trained on, at every saved step (the FID curve) and for each class of a conditional model, and a
-        self-contained HTML report (``reports/<experiment>/<checkpoint sha256>.html`` and ``latest.html``)."""
-        from ganmodels.evaluate import EvalSettings, Evaluator, list_snapshots
+        """FID, KID and precision/recall of the experiment's generator against the holdout split of the dataset
+        version it was trained on, at every saved step (the FID curve) and for each class of a conditional
+        model; the final samples' copy rate against the training images with a grid of their nearest ones;
+        and a self-contained HTML report (``reports/<experiment>/<checkpoint sha256>.html`` and ``latest.html``)."""
+        from ganmodels.evaluate import GRID_NEIGHBOURS, EvalSettings, Evaluator, list_snapshots
         from ganmodels.inception import FIDWeightsUnavailable, UnofficialFIDWeights, load_inception
         from ganmodels.report import ReportInputs, render_report, report_warnings, scores_plot_png, summary_line
 
@@ -220,6 +238,15 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             snapshots = [snapshots[0], snapshots[-1]] if len(snapshots) > 1 else snapshots
         scores = [evaluator.score(step, path) for step, path in snapshots]
         last = scores[-1]
+        memo, memo_note = None, ""
+        if skipped:
+            memo_note = f"skipped: {skipped}"
+        elif settings.memorization_train_samples == 0:
+            memo_note = "off (memorization_train_samples is 0)"
+        else:
+            memo = evaluator.memorization(*snapshots[-1])
+            if memo is None:
+                memo_note = f"skipped: fewer than {GRID_NEIGHBOURS} training images of {', '.join(last.classes)}"
 
         inputs = ReportInputs(
             experiment=experiment,
@@ -235,6 +262,9 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             config=gen.get("experiment_config") or {},
             lineage={k: str(v.value) for k, v in _lineage(store, gen).items() if isinstance(v.value, str)},
             notes=[how] if how else [],
+            memorization=memo.to_dict() if memo is not None else None,
+            memorization_png=memo.grid_png if memo is not None else None,
+            memorization_skipped=memo_note,
         )
         summary, warnings = summary_line(inputs), report_warnings(inputs)
         report_uri = store.uri(report_key(experiment, gen["checkpoint_sha256"]))
@@ -253,6 +283,9 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             metadata[f"fid {series}"] = dg.MetadataValue.float(last.fid)
             metadata[f"kid {series}"] = dg.MetadataValue.float(last.kid)
             metadata["kid_std"] = dg.MetadataValue.float(last.kid_std)
+            if last.precision is not None:
+                metadata[f"precision {series}"] = dg.MetadataValue.float(last.precision)
+                metadata[f"recall {series}"] = dg.MetadataValue.float(last.recall)
         metadata.update(
             {
                 "fid_status": dg.MetadataValue.text(
@@ -264,7 +297,7 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
                 "diversity": dg.MetadataValue.float(_finite(last.diversity)),
                 "real_diversity": dg.MetadataValue.float(_finite(last.real_diversity)),
                 "scored_now": dg.MetadataValue.int(sum(not s.cached for s in scores)),
-                "eval_settings": dg.MetadataValue.json(settings.identity()),
+                "eval_settings": dg.MetadataValue.json({k: getattr(settings, k) for k in DEFAULT_SETTINGS}),
                 **_lineage(store, gen),
                 "fid_weights_sha256": dg.MetadataValue.text(weights_sha or "none"),
             }
@@ -284,6 +317,10 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
                     for c in last.classes
                 }
             )
+        if memo is None:
+            metadata["memorization_status"] = dg.MetadataValue.text(memo_note)
+        else:
+            metadata.update(_memorization_metadata(store, evaluator, memo, official))
         checks = _checks(scores, skipped)
         version = _digest(
             {"checkpoint": gen["checkpoint_sha256"], "dataset": index.version, "weights": weights_sha, **vars(settings)}
@@ -346,11 +383,9 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
             "steps": dg.MetadataValue.text(f"{frames[0][0]}..{frames[-1][0]}"),
             **_lineage(store, gen),
         }
-        thumb = result.preview.copy()
-        thumb.thumbnail((256, 256), Image.Resampling.NEAREST)
-        buf = io.BytesIO()
-        thumb.save(buf, format="PNG")
-        metadata["preview"] = png_markdown(buf.getvalue(), "last frame")
+        metadata["preview"] = _thumbnail(result.preview.copy(), "last frame")
+        sha, steps = gen["checkpoint_sha256"], int(gen["steps"])
+        metadata.update(latent_media(store, context.partition_key, sha, run_dir, steps))
         return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
     return [gan_evaluation, training_timelapse]
@@ -358,6 +393,31 @@ def build_evaluation_assets(partitions: dg.PartitionsDefinition) -> list[dg.Asse
 
 def _finite(value: float | None) -> float:
     return value if value is not None and math.isfinite(value) else math.nan
+
+
+def _memorization_metadata(
+    store: Storage, evaluator: "Evaluator", memo: "MemorizationCheck", official: bool
+) -> dict[str, dg.MetadataValue]:
+    """The copy rate (named with its counts, like the FID), its holdout reference, the grid and the features."""
+    series = f"({memo.num_samples} samples, {memo.num_train} train{'' if official else ', unofficial weights'})"
+    return {
+        "memorization_status": dg.MetadataValue.text(
+            f"step {memo.step}: {memo.copy_rate:.1%} of samples inside a training image's nearest-neighbour ball "
+            f"(real holdout images: {memo.holdout_copy_rate:.1%})"
+        ),
+        f"copy_rate {series}": dg.MetadataValue.float(memo.copy_rate),
+        "holdout_copy_rate": dg.MetadataValue.float(memo.holdout_copy_rate),
+        "memorization_train": dg.MetadataValue.int(memo.num_train),
+        "memorization": png_markdown(
+            memo.grid_png, "most copy-like samples, each followed by its nearest training images"
+        ),
+        "train_stats": dg.MetadataValue.json(
+            {
+                c: {"key": store.uri(evaluator.train_key(c)), "reused": evaluator.train_reused.get(c, True)}
+                for c in memo.classes
+            }
+        ),
+    }
 
 
 def _checks(scores: list, skipped: str | None) -> list[dg.AssetCheckResult]:
@@ -389,3 +449,55 @@ def _checks(scores: list, skipped: str | None) -> list[dg.AssetCheckResult]:
             metadata={"fid_step_0": first.fid if first.step == 0 else math.nan, "fid_final": last.fid},
         ),
     ]
+
+
+def _thumbnail(image: Image.Image, caption: str) -> dg.MetadataValue:
+    """At most 256 px, scaled by nearest neighbour (pixels stay pixels), as a markdown preview."""
+    image.thumbnail((256, 256), Image.Resampling.NEAREST)
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return png_markdown(buf.getvalue(), caption)
+
+
+#: The truncation grids beside the time-lapse (psi: share of the normal's mass kept per latent; 1 = none).
+LATENT_PSIS = (1.0, 0.7, 0.5)
+
+
+def latent_media(
+    store: Storage, experiment: str, checkpoint_sha256: str, run_dir: Path, step: int
+) -> dict[str, dg.MetadataValue]:
+    """The final snapshot's latent interpolation clip and truncation grids, as ``training_timelapse`` shows.
+
+    Rendered into ``<run dir>/timelapse/`` at a CPU-cheap size (8 walks of 4 keyframes x 12 frames, 256 px: a
+    second or two for the shipped nets), uploaded beside the time-lapse as
+    ``timelapse/<experiment>/<sha256>-interpolation.mp4`` and ``...-truncation-psi0.70.png``; returns their
+    metadata: paths, psi values, each grid's sample diversity, the grids' row labels and a preview.
+    """
+    from ganmodels.checkpoint import checkpoint_path
+    from ganmodels.latents import render_snapshot
+
+    snapshot = checkpoint_path(run_dir / "generators", step)
+    if not snapshot.is_file():
+        raise dg.Failure(f"no generator snapshot of step {step} in {run_dir}/generators: cannot render its latents")
+    media = render_snapshot(snapshot, run_dir / "timelapse", psis=LATENT_PSIS, steps=12, size=256)
+    clip_key = timelapse_key(experiment, checkpoint_sha256, "-interpolation.mp4")
+    upload_file(store, media.clip.clip.mp4_path, clip_key)
+    grids = {}
+    for grid in media.grids:
+        key = timelapse_key(experiment, checkpoint_sha256, f"-truncation-psi{grid.psi:.2f}.png")
+        upload_file(store, grid.path, key)
+        grids[f"{grid.psi:g}"] = store.uri(key)
+    smallest = min(media.grids, key=lambda g: g.psi)
+    with Image.open(smallest.path) as im:
+        preview = _thumbnail(im.convert("RGB"), f"truncation psi {smallest.psi:g}")
+    metadata = {
+        "interpolation_video": dg.MetadataValue.path(store.uri(clip_key)),
+        "interpolation_frames": dg.MetadataValue.int(media.clip.clip.frame_count),
+        "truncation_psi": dg.MetadataValue.json(list(LATENT_PSIS)),
+        "truncation_grids": dg.MetadataValue.json(grids),
+        "truncation_diversity": dg.MetadataValue.json({f"{g.psi:g}": g.diversity for g in media.grids}),
+        "truncation_preview": preview,
+    }
+    if media.clip.labels is not None:  # conditional: the grids have one row per label, in this order
+        metadata["truncation_rows"] = dg.MetadataValue.json(media.label_names)
+    return metadata

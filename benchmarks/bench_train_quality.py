@@ -1,9 +1,9 @@
 """Training quality on the CPU in under 30 minutes: a 32 px DCGAN on the real photos of one class.
 
 Run by hand: ``python benchmarks/bench_train_quality.py [--minutes 22] [--steps N]``. Builds a 32 px dataset
-version from ``../shared/fixtures/dogs`` (500 dog photos, one class) with the project's own dataset builder
-in a temp dir, trains through the real path (``shard_batches`` + ``Trainer``) and reports what a person
-looking at a GAN run would check first:
+version from ``../shared/fixtures/dogs`` (500 dog photos, one class; ``--folder`` for another) in a temp dir
+through the pipeline's ingest, curation and dataset builder (``fixture_data.py``), trains through the real
+path (``shard_batches`` + ``Trainer``) and reports what a person looking at a GAN run would check first:
 
 - the fixed-noise grid at the start and at the end (``benchmarks/quality/grid-start.png``, ``grid-end.png``);
 - a loss-curve summary: D and G loss means over the first, middle and last tenth of the steps, D(x) and
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
-from bench_train_speed import FIXTURES, build_fixture_dataset
+from fixture_data import FIXTURES, build_fixture_dataset, decisions_line
 
 from ganmodels.frames import frame_path, make_grid, mean_pairwise_distance, save_frame
 from ganmodels.nets import NetConfig
@@ -118,8 +118,10 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-train-quality-") as tmp_str:
         tmp = Path(tmp_str)
-        root_url, version, n_src = build_fixture_dataset(tmp / "store", RESOLUTION, args.folder)
-        print(f"dataset: {n_src} photos from {args.folder}/ at {RESOLUTION} px -> version {version}")
+        ds = build_fixture_dataset(tmp, RESOLUTION, {"dogs": (args.folder,)})
+        root_url, version = ds.root_url, ds.version
+        print(decisions_line(ds.curated))
+        print(f"dataset: {ds.train_images} train images from {args.folder}/ at {RESOLUTION} px -> version {version}")
 
         steps = args.steps
         rate = None
@@ -159,7 +161,14 @@ def main() -> None:
     d_fake = tb.get("d/fake", [(0, math.nan)])[-1]
     diversity = [(0, mean_pairwise_distance(start)), *tb.get("samples/diversity", [])]
     summary = {
-        "dataset": {"folder": args.folder, "images": n_src, "resolution": RESOLUTION, "version": version},
+        "dataset": {
+            "folder": args.folder,
+            "images": ds.curated.ingested,
+            "curation": ds.curated.decisions,
+            "counts": ds.counts,
+            "resolution": RESOLUTION,
+            "version": version,
+        },
         "config": cfg.to_dict(),
         "steps": result.step,
         "measured_s_per_step_before": rate,

@@ -21,18 +21,16 @@ CPU time of this process, the steadier figure when other jobs share the cores).
 Two data sources:
 
 (a) one in-memory batch of real images, reused every step: pure compute;
-(b) the real loader, ``shard_batches`` over a dataset version that the project's own
-    ``pipelines.dataset.build_dataset`` writes into a temp dir from the fixture photos (``../shared/
-    fixtures/dogs``; synthetic images when absent), 2 loader workers: the time each step waits in
-    ``next()`` on the loader iterator, as a share of the step time.
+(b) the real loader, ``shard_batches`` over a dataset version built in a temp dir from the fixture
+    photos (``../shared/fixtures/dogs``; synthetic images when absent) through the pipeline's ingest,
+    curation and ``pipelines.dataset.build_dataset`` (``fixture_data.py``), 2 loader workers: the time
+    each step waits in ``next()`` on the loader iterator, as a share of the step time.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
-import io
 import itertools
 import os
 import statistics
@@ -44,68 +42,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import numpy as np
 import torch
-from PIL import Image
+from fixture_data import build_fixture_dataset, decisions_line
 from torch import nn
 
 from ganmodels.nets import NetConfig, build
 from ganmodels.train import TrainConfig, Trainer, shard_batches
-from pipelines.dataset import DatasetSettings, build_dataset
-from pipelines.storage import LocalStorage
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 BATCH = 64
 
 Batch = tuple[torch.Tensor, torch.Tensor]
-
-
-# ---- the dataset ---------------------------------------------------------------------------------------
-
-
-def build_fixture_dataset(
-    root: Path, resolution: int, folder: str = "dogs", synthetic: int = 512, shard_max_count: int = 64
-) -> tuple[str, str, int]:
-    """Write a one-class dataset version from ``FIXTURES/folder`` with the project's builder.
-
-    Returns (storage root URL, version, number of source images). Synthetic random images stand in when
-    the fixtures are absent. Small shards, so that both loader workers get some of a 500-image set.
-    """
-    storage = LocalStorage(root, fsync=False)
-    src = FIXTURES / folder
-    if src.is_dir():
-        blobs = [p.read_bytes() for p in sorted(src.glob("*.jpg"))]
-    else:
-        print(f"(no fixtures at {src}: using {synthetic} synthetic images)")
-        rng = np.random.default_rng(0)
-        blobs = []
-        for _ in range(synthetic):
-            buf = io.BytesIO()
-            Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(buf, "JPEG", quality=90)
-            blobs.append(buf.getvalue())
-    rows = []
-    for data in blobs:
-        sha = hashlib.sha256(data).hexdigest()
-        key = f"raw/{sha}.jpg"
-        storage.put_bytes(key, data)
-        rows.append(
-            {
-                "sha256": sha,
-                "storage_key": key,
-                "class": "dogs",
-                "source": "fixtures",
-                "url": f"file://{folder}/{sha}",
-                "license": "test fixture",
-                "raw_partition": "fixtures",
-                "width": 128,
-                "height": 128,
-                "hash": 0,
-                "meta": None,
-            }
-        )
-    settings = DatasetSettings(classes=("dogs",), resolution=resolution, shard_max_count=shard_max_count)
-    index = build_dataset(storage, rows, settings, log=lambda _msg: None)
-    return storage.root_url, index.version, len(rows)
 
 
 class TimedIter:
@@ -306,8 +252,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-train-speed-") as tmp_str:
         tmp = Path(tmp_str)
         t0 = time.perf_counter()
-        root_url, version, n_src = build_fixture_dataset(tmp / "store", 64)
-        print(f"dataset: {n_src} source images -> version {version} in {time.perf_counter() - t0:.1f} s")
+        ds = build_fixture_dataset(tmp, 64, {"dogs": (args.folder,)}, synthetic=512)
+        root_url, version = ds.root_url, ds.version
+        print(decisions_line(ds.curated))
+        print(f"dataset: {ds.train_images} train images -> version {version} in {time.perf_counter() - t0:.1f} s")
 
         # (a) in-memory: one real batch (from the loader) reused every step, by both sides.
         batches, names = shard_batches(root_url, version, cfg, num_workers=args.workers)
@@ -337,7 +285,7 @@ def main() -> None:
             ref_b = ReferenceLoop(net, timers["ref"])
             ours_b = Trainer(cfg, timers["ours"], tmp / "run-b", class_names=names)
             print(
-                f"\n(b) shard loader ({args.workers} workers each, {n_src} images, 1 class): "
+                f"\n(b) shard loader ({args.workers} workers each, {ds.train_images} images, 1 class): "
                 f"{args.loader_rounds} rounds x {args.loader_steps} steps per side"
             )
             sides_b = {"ref": ref_b.train_step, "ours": ours_b.train_step}

@@ -4,7 +4,7 @@ Shards are read through :func:`pipelines.storage.open_storage` (local disk and S
 member by member, never downloaded whole. The pipeline is webdataset's own pieces:
 
     shard keys -> (seeded per-epoch shard shuffle) -> split_by_node -> split_by_worker
-      -> open through storage -> tar_file_iterator -> group_by_keys -> class filter
+      -> open through storage -> tar_file_iterator -> group_by_keys -> class filter (-> field labels)
       -> shuffle(buffer) -> PIL decode -> (CxHxW float32 in [-1, 1], int64 label)
 
 ``tarfile_to_samples`` itself is not used because it re-opens every URL with ``gopen`` (a local path
@@ -15,18 +15,31 @@ holds an HTTP connection open).
 
 Bad data never kills a training run: an undecodable sample, a truncated or non-tar shard, and a shard
 key that does not exist are all skipped and counted in :attr:`ShardImageDataset.stats`.
+
+Labels from a metadata field
+----------------------------
+Labels are normally the samples' classes (``cls``). An experiment with ``label_field`` (e.g. Dog CEO's
+``breed``, which the dataset writes into each sample's ``json``) labels samples by that field instead:
+:func:`count_field_values` counts the field's values over the training split, :class:`LabelVocabulary`
+turns the counts into labels (rare values and samples without the field go to an ``other`` bucket, or
+are dropped), and :class:`FieldLabels` applies them in the loader. The vocabulary is a function of the
+dataset's bytes alone (no shuffling, no sampling, no skipped shards), so every rank and every resume of
+a run derives the same one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
+import json
 import logging
 import os
 import random
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections import Counter
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from typing import IO, Any
 
 import numpy as np
@@ -43,6 +56,9 @@ log = logging.getLogger(__name__)
 #: Fields that may hold the image, in order of preference.
 IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp")
 _WANTED_FIELDS = frozenset({*IMAGE_FIELDS, "cls"})
+
+#: The label of a ``label_field`` run's rare values and of samples without the field.
+OTHER_LABEL = "other"
 
 # Resampling draws shards forever; if this many in a row are unreadable there is nothing left to train on.
 _MAX_CONSECUTIVE_BAD_SHARDS = 50
@@ -95,10 +111,123 @@ class _HashingReader:
 _TO_UNIT = np.arange(256, dtype=np.float32) / np.float32(127.5) - np.float32(1.0)  # uint8 -> [-1, 1]
 
 
-def _wanted_member(fname: str) -> bool:
+def _wanted_member(fname: str, fields: frozenset[str] = _WANTED_FIELDS) -> bool:
     """Only the members the loader uses (image and label): the others' bytes are skipped, not extracted."""
     parts = fname.rsplit("/", 1)[-1].split(".", 1)
-    return len(parts) == 2 and parts[1].lower() in _WANTED_FIELDS
+    return len(parts) == 2 and parts[1].lower() in fields
+
+
+def field_value(meta: bytes | None, field: str) -> str | None:
+    """Field ``field`` of a sample's ``json`` member as a string; None without json or field.
+
+    Raises ``ValueError`` for a json member that is not a JSON object (the sample is corrupt).
+    """
+    if meta is None:
+        return None
+    doc = json.loads(meta)
+    if not isinstance(doc, dict):
+        raise ValueError(f"json member is a {type(doc).__name__}, not an object")
+    value = doc.get(field)
+    return None if value is None else str(value)
+
+
+def count_field_values(
+    root_url: str,
+    shard_keys: Sequence[str],
+    field: str,
+    *,
+    classes: Collection[int],
+    endpoint_url: str | None = None,
+) -> Counter[str | None]:
+    """How many samples of ``classes`` in the shards hold each value of ``field`` (None: no value).
+
+    Only the ``cls`` and ``json`` members are extracted. Unlike the loader this never skips an unreadable
+    shard: counts from part of the data could differ between ranks or between a run and its resume, so
+    it raises instead. Samples the loader would skip for a bad ``cls`` or ``json`` are not counted.
+    """
+    storage = open_storage(root_url, endpoint_url=endpoint_url)
+    select = functools.partial(_wanted_member, fields=frozenset({"cls", "json"}))
+    wanted = frozenset(classes)
+    counts: Counter[str | None] = Counter()
+    for key in shard_keys:
+        try:
+            stream = storage.open_read(key)
+            try:
+                members = ({**m, "__url__": key} for m in tar_file_iterator(stream, select_files=select))
+                for sample in group_by_keys(members):
+                    try:
+                        if int(sample["cls"]) in wanted:
+                            counts[field_value(sample.get("json"), field)] += 1
+                    except (KeyError, ValueError):
+                        continue  # the loader skips it as corrupt
+            finally:
+                stream.close()
+        except Exception as e:
+            raise RuntimeError(f"cannot count {field!r} values: shard {key} is unreadable: {e}") from e
+    return counts
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldLabels:
+    """How the loader labels samples from a metadata field (picklable: it travels to loader workers).
+
+    ``index``: field value -> label; ``default``: the label of other values and of samples without the
+    field (None: drop them); ``class_labels``: classes whose samples get a fixed label whatever their
+    field says (the negatives class, which has no breed).
+    """
+
+    field: str
+    index: Mapping[str, int]
+    default: int | None
+    class_labels: Mapping[int, int] = dataclasses.field(default_factory=dict)
+
+    def label(self, cls: int, meta: bytes | None) -> int | None:
+        """The label of a sample of class ``cls`` with ``json`` bytes ``meta``; None = drop it."""
+        if cls in self.class_labels:
+            return self.class_labels[cls]
+        return self.index.get(field_value(meta, self.field), self.default)  # type: ignore[arg-type]
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelVocabulary:
+    """The labels of a ``label_field`` run: ``names[i]`` is net label ``i``, trained on ``counts[i]`` samples.
+
+    Values with at least ``min_count`` samples are labels, most frequent first (ties by name); with
+    ``other`` the rest, and the samples without the field, share one :data:`OTHER_LABEL` label, last
+    (only when there is such a sample; a value literally named ``other`` joins it). Without ``other`` those
+    ``dropped`` samples are not trained on.
+    """
+
+    field: str
+    names: tuple[str, ...]
+    counts: tuple[int, ...]
+    dropped: int
+
+    @classmethod
+    def from_counts(
+        cls, field: str, counts: Mapping[str | None, int], *, min_count: int, other: bool
+    ) -> LabelVocabulary:
+        kept = sorted(
+            ((v, n) for v, n in counts.items() if v is not None and v != OTHER_LABEL and n >= min_count),
+            key=lambda vn: (-vn[1], vn[0]),
+        )
+        rest = sum(counts.values()) - sum(n for _, n in kept)
+        if other and rest:
+            kept.append((OTHER_LABEL, rest))
+        if not kept:
+            seen = sum(n for v, n in counts.items() if v is not None)
+            raise ValueError(
+                f"no label for label_field {field!r}: {seen} of {sum(counts.values())} training samples have the "
+                f"field, and no value has label_min_count={min_count} samples; lower label_min_count, set "
+                "label_other: true, or check that the dataset's samples carry the field"
+            )
+        return cls(field, tuple(v for v, _ in kept), tuple(n for _, n in kept), 0 if other else rest)
+
+    def field_labels(self, class_labels: Mapping[int, int] | None = None) -> FieldLabels:
+        """The loader's mapping for this vocabulary (``class_labels``: see :class:`FieldLabels`)."""
+        index = {v: i for i, v in enumerate(self.names) if v != OTHER_LABEL}
+        default = self.names.index(OTHER_LABEL) if OTHER_LABEL in self.names else None
+        return FieldLabels(self.field, index, default, dict(class_labels or {}))
 
 
 def decode_image(data: bytes) -> torch.Tensor:
@@ -120,7 +249,8 @@ class ShardImageDataset(torch.utils.data.IterableDataset):
     given seed, epoch and worker count. With ``resample=True`` each worker instead draws shards with
     replacement forever (an endless stream; bound the epoch in the training loop).
 
-    Labels are the ``cls`` values as written, also when ``classes`` keeps only some of them.
+    Labels are the ``cls`` values as written, also when ``classes`` keeps only some of them; with
+    ``field_labels`` they come from a ``json`` metadata field instead (samples it drops are not counted).
     ``image_size`` (optional) skips, as corrupt, images that are not ``image_size`` square, which
     would otherwise make batch collation fail. With ``verify`` (the default) each shard whose key is
     content-addressed (``.../<sha256>.tar``) is hashed while it streams and a mismatch is counted and
@@ -140,6 +270,7 @@ class ShardImageDataset(torch.utils.data.IterableDataset):
         resample: bool = False,
         image_size: int | None = None,
         verify: bool = True,
+        field_labels: FieldLabels | None = None,
     ) -> None:
         super().__init__()
         if not shard_keys:
@@ -154,6 +285,8 @@ class ShardImageDataset(torch.utils.data.IterableDataset):
         self.resample = resample
         self.image_size = image_size
         self.verify = verify
+        self.field_labels = field_labels
+        self._fields = _WANTED_FIELDS | {"json"} if field_labels is not None else _WANTED_FIELDS
         self.epoch = 0
         self.stats = LoaderStats()
         self._storage: Storage | None = None
@@ -201,7 +334,8 @@ class ShardImageDataset(torch.utils.data.IterableDataset):
             stream = _HashingReader(source["stream"])
             members = 0
             try:
-                for member in tar_file_iterator(stream, select_files=_wanted_member):
+                select = functools.partial(_wanted_member, fields=self._fields)
+                for member in tar_file_iterator(stream, select_files=select):
                     member["__url__"] = key
                     members += 1
                     yield member
@@ -254,6 +388,15 @@ class ShardImageDataset(torch.utils.data.IterableDataset):
                 continue
             if self.classes is not None and label not in self.classes:
                 continue
+            if self.field_labels is not None:
+                try:
+                    field_label = self.field_labels.label(label, sample.get("json"))
+                except ValueError as e:
+                    self._skip_sample(sample, f"bad json ({e!r})")
+                    continue
+                if field_label is None:
+                    continue  # a rare or missing value, and label_other is off
+                label = field_label
             sample["__label__"] = label
             yield sample
 
@@ -317,6 +460,7 @@ def make_loader(
     drop_last: bool = True,
     pin_memory: bool = False,
     image_size: int | None = None,
+    field_labels: FieldLabels | None = None,
 ) -> torch.utils.data.DataLoader:
     """A DataLoader over :class:`ShardImageDataset`; call ``loader.dataset.set_epoch(n)`` each epoch.
 
@@ -332,6 +476,7 @@ def make_loader(
         seed=seed,
         endpoint_url=endpoint_url,
         image_size=image_size,
+        field_labels=field_labels,
     )
     if num_workers > len(shard_keys):
         log.warning(

@@ -36,6 +36,7 @@ __all__ = [
     "get_losses",
     "gradient_penalty",
     "make_targets",
+    "r1_penalty",
 ]
 
 
@@ -249,6 +250,27 @@ def gradient_penalty(
     # The small constant keeps the sqrt differentiable where the gradient is exactly zero.
     norm = torch.sqrt(grad.reshape(n, -1).pow(2).sum(dim=1) + 1e-12)
     return weight * (norm - 1.0).pow(2).mean()
+
+
+def r1_penalty(real_logits: Tensor, real: Tensor, gamma: float) -> Tensor:
+    """R1 penalty ``gamma / 2 * E[||grad_x D(x)||^2]`` on real images (Mescheder et al. 2018).
+
+    Unregularised GAN training circles around its equilibrium instead of converging; penalising D's
+    gradient on the reals makes it converge, and keeps D from sharpening around memorised training
+    images (StyleGAN2-ADA's companion to ADA). ``real`` is the tensor D's input was computed from, with
+    ``requires_grad`` set before D's forward (the un-augmented batch when augmentation sits in between,
+    as in StyleGAN2-ADA); ``real_logits`` are D's logits on it. For lazy regularisation every k steps
+    pass ``gamma * k``. The graph is kept, so the penalty backpropagates into D's parameters, through a
+    DDP forward too: ``autograd.grad`` accumulates no parameter gradient, so DDP's all-reduce hooks fire
+    once per parameter in the final backward, with both terms' gradients summed.
+
+    Under AMP the input gradient is taken unscaled: scaling it by the GradScaler's factor (2^16 at
+    first) can overflow float16, and the trainer stops on a non-finite loss; the per-pixel input
+    gradients of a spectrally normalised D are far inside float16's range.
+    """
+    logits = _as_logits(real_logits, "real_logits")
+    (grad,) = torch.autograd.grad(logits.sum(), real, create_graph=True)
+    return 0.5 * gamma * grad.float().reshape(grad.shape[0], -1).square().sum(dim=1).mean()
 
 
 DLoss = Callable[..., Tensor]

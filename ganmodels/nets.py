@@ -36,6 +36,7 @@ RESOLUTIONS = (32, 64, 128)
 UPSAMPLE_MODES = ("transposed", "resize_conv")
 INIT_SCHEMES = ("dcgan", "xavier")
 COND_D_MODES = ("projection", "concat")
+ARCHS = ("dcgan", "resnet")
 
 # Power iterations run once after (re)initialising spectrally-normalised weights, so sigma is accurate
 # from the first training step instead of converging over the first few dozen steps.
@@ -57,6 +58,9 @@ class NetConfig:
     init: Literal["dcgan", "xavier"] = "dcgan"
     num_classes: int = 0  # 0 = unconditional
     cond_d: Literal["projection", "concat"] = "projection"
+    # "resnet": SNGAN/BigGAN ResNets (ganmodels.resnets; always SN in D, nearest-x2 upsampling, ReLU), for
+    # which upsample, spectral_norm and leaky_slope do not apply and cond_d="concat" / d_dropout are rejected.
+    arch: Literal["dcgan", "resnet"] = "dcgan"
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -77,6 +81,12 @@ class NetConfig:
             raise ValueError(f"num_classes must be an int >= 0 (0 = unconditional), got {self.num_classes!r}")
         if self.cond_d not in COND_D_MODES:
             raise ValueError(f"cond_d must be one of {COND_D_MODES}, got {self.cond_d!r}")
+        if self.arch not in ARCHS:
+            raise ValueError(f"arch must be one of {ARCHS}, got {self.arch!r}")
+        if self.arch == "resnet" and self.cond_d != "projection":
+            raise ValueError("arch 'resnet' conditions D by projection only; cond_d='concat' is a DCGAN option")
+        if self.arch == "resnet" and self.d_dropout > 0:
+            raise ValueError("arch 'resnet' has no D dropout (its D is spectrally normalised); set d_dropout: 0")
 
     @property
     def conditional(self) -> bool:
@@ -98,6 +108,14 @@ def _check_labels(cfg: NetConfig, labels: torch.Tensor | None, batch: int) -> to
     if labels.shape != (batch,):
         raise ValueError(f"labels must have shape ({batch},), got {tuple(labels.shape)}")
     return labels.long()
+
+
+def check_d_input(cfg: NetConfig, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor | None:
+    """A discriminator's input checked against ``cfg`` (shape; labels exactly when conditional); the labels."""
+    r = cfg.resolution
+    if x.dim() != 4 or x.shape[1:] != (cfg.channels, r, r):
+        raise ValueError(f"x must have shape (N, {cfg.channels}, {r}, {r}), got {tuple(x.shape)}")
+    return _check_labels(cfg, labels, x.shape[0])
 
 
 class Generator(nn.Module):
@@ -224,13 +242,10 @@ class Discriminator(nn.Module):
         return self.head
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        r = self.cfg.resolution
-        if x.dim() != 4 or x.shape[1:] != (self.cfg.channels, r, r):
-            raise ValueError(f"x must have shape (N, {self.cfg.channels}, {r}, {r}), got {tuple(x.shape)}")
-        labels = _check_labels(self.cfg, labels, x.shape[0])
+        labels = check_d_input(self.cfg, x, labels)
         if labels is not None and self.cfg.cond_d == "concat":
             onehot = F.one_hot(labels, self.cfg.num_classes).to(x.dtype)
-            x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, r, r)], dim=1)
+            x = torch.cat([x, onehot[:, :, None, None].expand(-1, -1, *x.shape[2:])], dim=1)
         h = self.body(x)  # (N, feature_dim, 4, 4)
         logits = self.head(h).flatten()
         if self.embed is not None and labels is not None:
@@ -281,11 +296,16 @@ def init_weights(net: nn.Module, scheme: str = "dcgan", *, skip: tuple[nn.Module
             nn.init.zeros_(m.bias)
 
 
-def build(cfg: NetConfig) -> tuple[Generator, Discriminator]:
+def build(cfg: NetConfig) -> tuple[nn.Module, nn.Module]:
     """Construct G and D for ``cfg`` and apply ``cfg.init`` (seed torch beforehand for reproducibility).
 
-    G's label embedding is left at N(0, 1): it multiplies z, and N(0, 0.02) would shrink z fiftyfold.
+    ``cfg.arch="resnet"`` builds :mod:`ganmodels.resnets` nets (same forward signatures). For DCGAN, G's
+    label embedding is left at N(0, 1): it multiplies z, and N(0, 0.02) would shrink z fiftyfold.
     """
+    if cfg.arch == "resnet":
+        from ganmodels.resnets import build_resnet  # imported here: resnets builds on this module
+
+        return build_resnet(cfg)
     g, d = Generator(cfg), Discriminator(cfg)
     init_weights(g, cfg.init, skip=(g.embed,) if g.embed is not None else ())
     init_weights(d, cfg.init)

@@ -7,6 +7,9 @@ Content-Security-Policy forbids scripts and remote loads as a second line behind
 The page is honest about its numbers: an FID that was not computed is said to be skipped and why (a
 warning, never a number); scores from Inception weights other than the published ones are marked as not
 comparable; scores on fewer images than the Inception feature dimension carry a warning and their counts.
+Precision/recall stand beside FID/KID; the memorisation check (copy rate, and a grid of the most copy-like
+samples with their nearest training images) compares the samples' copy rate with the real holdout images'
+and warns when the samples sit clearly closer to training images than unseen real images do.
 
 The time-lapse is the H.264 (yuv420p, faststart) MP4 of :mod:`ganmodels.timelapse`, which Debian's
 chromium, Chrome, Firefox and Safari all decode. Nothing here imports dagster.
@@ -36,6 +39,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MEANINGFUL_IMAGES",
     "ReportInputs",
+    "copies_clearly_more",
     "render_report",
     "report_warnings",
     "scores_figure",
@@ -76,6 +80,7 @@ pre { background: #f5f6f8; padding: 10px 12px; border-radius: 4px; overflow: aut
 .lineage td { text-align: left; word-break: break-all; font-family: ui-monospace, monospace; font-size: 13px; }
 .lineage th { text-align: left; white-space: nowrap; }
 .missing { color: #6b6f76; font-style: italic; }
+.caption { color: #4a4e55; font-size: 13px; margin-top: 4px; }
 """
 
 _CSP = "default-src 'none'; img-src data:; media-src data:; style-src 'unsafe-inline'"
@@ -90,7 +95,8 @@ class ReportInputs:
     why FID/KID were not computed (None when they were). ``fid_weights_sha256``: the Inception weights the
     scores come from (compared with the published ones). ``counts_by_class``/``counts_by_source``: split ->
     name -> images (like a dataset index's ``counts``). ``lineage``: name -> URI or path. ``notes``: further
-    warnings from the caller.
+    warnings from the caller. ``memorization``: like :meth:`ganmodels.evaluate.MemorizationCheck.to_dict`, with
+    its grid ``memorization_png``; ``memorization_skipped``: why there is none.
     """
 
     experiment: str
@@ -106,6 +112,9 @@ class ReportInputs:
     config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     lineage: Mapping[str, str] = dataclasses.field(default_factory=dict)
     notes: Sequence[str] = ()
+    memorization: Mapping[str, Any] | None = None
+    memorization_png: bytes | None = None
+    memorization_skipped: str | None = None
 
 
 # ---- numbers -------------------------------------------------------------------------------------------------
@@ -140,6 +149,18 @@ def _diversity(row: Mapping[str, Any]) -> str:
 
 def _counts(row: Mapping[str, Any]) -> str:
     return f"{row.get('num_samples', '?')} generated vs {row.get('num_real', '?')} real"
+
+
+def copies_clearly_more(memo: Mapping[str, Any]) -> bool:
+    """Whether the samples' copy rate exceeds the holdout's beyond chance (two-proportion z > 3, one-sided).
+
+    Unseen real images land in training images' nearest-neighbour balls too; only a rate clearly above
+    theirs says the samples sit closer to the training images than new images would.
+    """
+    p1, n1, p0, n0 = memo["copy_rate"], memo["num_samples"], memo["holdout_copy_rate"], memo["num_holdout"]
+    pooled = (p1 * n1 + p0 * n0) / (n1 + n0)
+    spread = math.sqrt(pooled * (1 - pooled) * (1 / n1 + 1 / n0))
+    return p1 > p0 and (spread == 0 or (p1 - p0) / spread > 3)
 
 
 def summary_line(inputs: ReportInputs) -> str:
@@ -185,6 +206,14 @@ def report_warnings(inputs: ReportInputs) -> list[str]:
                 f"with fewer than {MEANINGFUL_IMAGES} (the Inception feature dimension) FID is biased upward "
                 "and noisy: compare it only with scores on the same images and counts."
             )
+    memo = inputs.memorization
+    if memo is not None and copies_clearly_more(memo):
+        out.append(
+            f"Possible memorisation: {memo['copy_rate']:.1%} of the generated samples at step {memo['step']} lie "
+            f"inside a training image's nearest-neighbour ball, against {memo['holdout_copy_rate']:.1%} of the real "
+            "holdout images: the samples sit closer to training images than unseen images do. Look at the "
+            "memorisation grid."
+        )
     out.extend(inputs.notes)
     return out
 
@@ -227,6 +256,15 @@ def _kid_panel(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
     ax.set_title("KID (lower is better)", fontsize=10)
 
 
+def _pr_panel(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
+    steps = [r["step"] for r in rows]
+    ax.plot(steps, [r["precision"] for r in rows], marker="o", color="tab:red", label="precision")
+    ax.plot(steps, [r["recall"] for r in rows], marker="s", color="tab:blue", label="recall")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel(f"share ({_counts(rows[-1])} images)")
+    ax.set_title("precision (realism) and recall (coverage), k = 3", fontsize=10)
+
+
 def _diversity_panel(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
     ax.plot([r["step"] for r in rows], [r["diversity"] for r in rows], marker="o", color="tab:green", label="generated")
     real = [(r["step"], r["real_diversity"]) for r in rows if _finite(r.get("real_diversity"))]
@@ -238,7 +276,8 @@ def _diversity_panel(ax: Axes, rows: Sequence[Mapping[str, Any]]) -> None:
 
 def scores_figure(scores: Sequence[Mapping[str, Any]], title: str) -> Figure | None:
     """FID over steps on a log axis (step 0 would flatten a linear one), per-class FID dashed, KID ± std on a
-    linear axis (KID can be <= 0), and the sample diversity (which needs no FID weights) beside the real one.
+    linear axis (KID can be <= 0), precision and recall on [0, 1], and the sample diversity (which needs no
+    FID weights) beside the real one.
 
     Panels without a finite value are left out; None when no panel is left. The caller closes the figure.
     """
@@ -249,7 +288,12 @@ def scores_figure(scores: Sequence[Mapping[str, Any]], title: str) -> Figure | N
 
     panels = [
         (draw, _plotted(scores, key))
-        for draw, key in ((_fid_panel, "fid"), (_kid_panel, "kid"), (_diversity_panel, "diversity"))
+        for draw, key in (
+            (_fid_panel, "fid"),
+            (_kid_panel, "kid"),
+            (_pr_panel, "precision"),
+            (_diversity_panel, "diversity"),
+        )
         if _plotted(scores, key)
     ]
     if not panels:
@@ -317,13 +361,17 @@ def _count_cell(n: Any, scored: bool) -> str:
 def _scores_table(scores: Sequence[Mapping[str, Any]]) -> str:
     classes = dict.fromkeys(c for r in scores for c in r.get("per_class") or {})
     diversity = any(r.get("diversity") is not None for r in scores)
-    head = "".join(f"<th>{_e(h)}</th>" for h in ["step", "FID", "KID ± std", "generated", "real"])
+    pr = any("precision" in r for r in scores)  # records from before precision/recall have no such key
+    head = "".join(f"<th>{_e(h)}</th>" for h in ["step", "FID", "KID ± std", *(["precision", "recall"] if pr else [])])
+    head += "".join(f"<th>{_e(h)}</th>" for h in ["generated", "real"])
     head += "".join(f"<th>FID {_e(c)}</th>" for c in classes)
     head += "<th>diversity</th>" if diversity else ""
     rows = []
     for r in scores:
         cells = [f"<td>{_e(r.get('step', '?'))}</td>", _score_cell(r.get("fid"), ".2f")]
         cells.append(_score_cell(r.get("kid"), ".4f", r.get("kid_std")))
+        if pr:
+            cells += [_score_cell(r.get("precision"), ".3f"), _score_cell(r.get("recall"), ".3f")]
         scored = r.get("fid") is not None or r.get("kid") is not None
         cells += [_count_cell(r.get("num_samples"), scored), _count_cell(r.get("num_real"), scored)]
         cells += [_score_cell((r.get("per_class") or {}).get(c, {}).get("fid"), ".2f") for c in classes]
@@ -357,11 +405,36 @@ def _img(png: bytes, ident: str, css: str, alt: str, width: int | None = None) -
     return f'<img id="{ident}" class="{css}"{size} alt="{_e(alt)}" src="{_data_uri("image/png", png)}">'
 
 
-def _sample_grid(png: bytes) -> str:
+def _sample_grid(png: bytes, ident: str = "samples", alt: str = "final sample grid") -> str:
     """The grid scaled up by an integer factor, so that tiny samples are visible and stay sharp."""
     with Image.open(io.BytesIO(png)) as im:
         width = im.width
-    return _img(png, "samples", "pixels", "final sample grid", width * max(1, math.ceil(_MIN_GRID_WIDTH / width)))
+    return _img(png, ident, "pixels", alt, width * max(1, math.ceil(_MIN_GRID_WIDTH / width)))
+
+
+def _memorization(inputs: ReportInputs) -> str:
+    """The copy rate beside the holdout's, and the grid; or why there is no check."""
+    memo = inputs.memorization
+    if memo is None:
+        return _missing(f"Memorisation check {inputs.memorization_skipped or 'not run'}.")
+    text = (
+        f"Copy rate {memo['copy_rate']:.1%} of {memo['num_samples']} samples at step {memo['step']}: the share "
+        "inside some training image's nearest-neighbour ball, closer to that image than its nearest other "
+        f"training image is ({memo['num_train']} training images compared). Real holdout images, which the "
+        f"generator never saw: {memo['holdout_copy_rate']:.1%} of {memo['num_holdout']}. A rate clearly above "
+        "the holdout's means copies."
+    )
+    parts = [f'<p id="copy-rate">{_e(text)}</p>']
+    if inputs.memorization_png:
+        parts.append(_sample_grid(inputs.memorization_png, "memorization-grid", "samples and nearest training images"))
+        rows = memo.get("rows") or []
+        neighbours = len(rows[0]["distances"]) if rows else 0
+        parts.append(
+            f'<p class="caption">Each row: one of the {len(rows)} most copy-like samples (smallest distance to a '
+            f"training image relative to that image's own nearest-neighbour distance, most copy-like first), then "
+            f"its {neighbours} nearest training images in Inception feature space, nearest first.</p>"
+        )
+    return "".join(parts)
 
 
 def _config_text(config: Mapping[str, Any]) -> str:
@@ -400,6 +473,9 @@ def render_report(inputs: ReportInputs) -> str:
 
     parts.append("<h2>Final samples</h2>")
     parts.append(_sample_grid(inputs.samples_png) if inputs.samples_png else _missing("No sample grid."))
+
+    parts.append("<h2>Memorisation</h2>")
+    parts.append(_memorization(inputs))
 
     parts.append("<h2>Training time-lapse</h2>")
     if inputs.timelapse_mp4:

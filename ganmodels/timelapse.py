@@ -14,6 +14,9 @@ no more memory than one. The ffmpeg binary is the one ``imageio-ffmpeg`` ships; 
   everything succeeded: a failed render leaves any previous output untouched and no temp files behind.
 - A frame that cannot be decoded (e.g. a truncated PNG) is skipped with a warning and counted; a frame
   whose size differs from the first decodable frame is resized (nearest-neighbour) to that size.
+
+:func:`render_clip` encodes any stream of images to an MP4 the same way (scaling, padding, H.264, temp file
+and rename), without step labels: the latent interpolation clips of :mod:`ganmodels.latents`.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import math
 import os
 import re
 import subprocess
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,7 +38,16 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pipelines.storage import temp_file_beside
 
-__all__ = ["TimelapseResult", "list_frames", "padded_size", "render_timelapse", "scaled_size", "subsample"]
+__all__ = [
+    "ClipResult",
+    "TimelapseResult",
+    "list_frames",
+    "padded_size",
+    "render_clip",
+    "render_timelapse",
+    "scaled_size",
+    "subsample",
+]
 
 log = logging.getLogger(__name__)
 
@@ -286,3 +298,59 @@ def render_timelapse(
         gif_height=gif_height if gif_path is not None else None,
         preview=_render(last[1], size, last[0] if label else None),
     )
+
+
+@dataclass(frozen=True)
+class ClipResult:
+    """What :func:`render_clip` wrote: ``frame_count`` frames of ``width`` x ``height`` at ``fps``."""
+
+    mp4_path: Path
+    frame_count: int
+    fps: float
+    width: int
+    height: int
+
+
+def render_clip(
+    images: Iterable[Image.Image],
+    mp4_path: Path,
+    *,
+    size: int = 512,
+    fps: float = 24,
+    crf: int = 20,
+    preset: str = "veryfast",
+) -> ClipResult:
+    """Encode ``images`` (equal sizes, consumed one at a time) as an H.264 MP4 like the time-lapse's.
+
+    Scaled nearest-neighbour to longer side ``size`` and padded to even sides; written to a temp file
+    renamed into place, so a failure leaves any previous clip untouched. Raises ``ValueError`` for no
+    images or images of differing sizes.
+    """
+    if fps <= 0 or size < 2:
+        raise ValueError(f"fps must be > 0 and size >= 2, got fps={fps}, size={size}")
+    stream = iter(images)
+    first = next(stream, None)
+    if first is None:
+        raise ValueError("no images to encode")
+    width, height = padded_size(*first.size, size)
+    temps: list[Path] = []
+    try:
+        tmp = _temp_path(Path(mp4_path), temps)
+        params = ["-preset", preset, "-crf", str(crf), "-movflags", "+faststart", "-f", "mp4"]
+        writer = _writer(tmp, (width, height), fps, "libx264", "yuv420p", params)
+        count = 0
+        try:
+            for image in itertools.chain([first], stream):
+                if image.size != first.size:
+                    raise ValueError(f"image {count} is {image.size}, the first was {first.size}")
+                writer.send(_render(image.convert("RGB"), size, None).tobytes())
+                count += 1
+        finally:
+            writer.close()  # waits for ffmpeg to finish the file
+        _check_written(tmp, "MP4")
+        os.replace(tmp, mp4_path)
+    finally:
+        for path in temps:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+    return ClipResult(mp4_path=Path(mp4_path), frame_count=count, fps=float(fps), width=width, height=height)

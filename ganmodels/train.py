@@ -16,10 +16,11 @@ Reproducibility and exact resume
 --------------------------------
 Nets are built after ``torch.manual_seed(seed)``. Every random draw of the loop comes from its own CPU
 ``torch.Generator`` seeded from ``seed``: ``noise`` (z), ``labels`` (G's class labels and BCE soft/noisy
-targets), ``gp`` (WGAN-GP interpolation eps), ``augment`` (DiffAugment) and ``replay`` (the buffer's
+targets), ``gp`` (WGAN-GP interpolation eps), ``augment`` (DiffAugment or ADA) and ``replay`` (the buffer's
 own). Checkpoints (``out_dir/checkpoints/step-XXXXXXXX.pt``, atomic, the last ``keep_checkpoints``
 kept) hold those generators, the global RNG states, G, D, both optimisers, EMA, replay buffer, update
-schedule, the AMP scalers, the failure monitors, the step and the number of data batches consumed.
+schedule, ADA's probability and pending statistics, the AMP scalers, the failure monitors, the step and
+the number of data batches consumed.
 A checkpoint is written at step 0, every ``checkpoint_every`` steps and at the end; a new Trainer on
 the same ``out_dir`` resumes from the newest loadable one.
 
@@ -46,6 +47,11 @@ negatives class), whatever id the dataset gives it, so ``net.num_classes`` count
 subset of a dataset's classes trains a smaller label space. Extra negatives shown to a conditional D
 carry a random trained label ("not an image of class c").
 
+With ``label_field`` (e.g. ``breed``) the labels come from that field of each sample's metadata instead:
+:func:`shard_batches` derives the vocabulary from the training split (rare values share an ``other``
+label), ``net.num_classes`` 0 (``auto``) becomes its size, frames show one row per label, snapshots
+record it as ``labels`` (``classes`` stay the dataset classes) and a resume refuses a changed vocabulary.
+
 Failure detection
 -----------------
 A NaN/inf loss raises :class:`TrainingDiverged` before the optimiser step; nothing is saved after the
@@ -65,13 +71,15 @@ rank 0's running stats are saved) and D may be called several times (real, fake,
 backward: the default buffer broadcast at every forward would modify BN buffers in place between those
 calls. ``find_unused_parameters`` stays False: every parameter gets a gradient in each synced backward.
 Only D's own step and G's step go through the DDP wrappers; G's pass in D's step is under ``no_grad``,
-and G's loss goes through the plain D (its D gradients are discarded), as does the WGAN-GP penalty
-(``autograd.grad`` through DDP is not supported). Each rank reads its own shards (the loader splits by
-rank) and draws its own noise, labels, augmentation and dropout (stream seeds offset by rank; rank 0
-draws exactly what a single process would). Rank 0 alone writes checkpoints, frames and TensorBoard;
-every rank resumes from the same newest checkpoint and then reseeds its streams. A non-finite loss on
-any rank stops every rank, and the adaptive schedule plans from the ranks' averaged D accuracies, so no
-rank waits forever in a collective.
+and G's loss goes through the plain D (its D gradients are discarded), as does the WGAN-GP penalty.
+The R1 penalty is taken through D's DDP forward on the reals (``autograd.grad`` with ``create_graph``
+adds no parameter gradient of its own, so DDP's all-reduce runs once, in the step's backward), and
+ADA's E[sign(D(real))] is summed over the ranks, so every rank has the same p. Each rank reads its
+own shards (the loader splits by rank) and draws its own noise, labels, augmentation and dropout
+(stream seeds offset by rank; rank 0 draws exactly what a single process would). Rank 0 alone writes
+checkpoints, frames and TensorBoard; every rank resumes from the same newest checkpoint and then
+reseeds its streams. A non-finite loss on any rank stops every rank, and the adaptive schedule plans
+from the ranks' averaged D accuracies, so no rank waits forever in a collective.
 
 Device: ``"auto"`` picks CUDA when available. On CUDA: AMP (``torch.autocast`` float16 + one
 ``GradScaler`` per net), ``channels_last`` and ``cudnn.benchmark``; on CPU: ``torch.set_num_threads``.
@@ -93,6 +101,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ganmodels.ada import AdaptiveAugment
 from ganmodels.adaptive import UpdateSchedule
 from ganmodels.augment import diff_augment, parse_policy
 from ganmodels.checkpoint import (
@@ -106,7 +115,7 @@ from ganmodels.checkpoint import (
 )
 from ganmodels.ema import EMA
 from ganmodels.frames import frame_path, make_grid, mean_pairwise_distance, save_frame
-from ganmodels.losses import LabelSettings, get_losses, gradient_penalty
+from ganmodels.losses import LabelSettings, get_losses, gradient_penalty, r1_penalty
 from ganmodels.nets import NetConfig, build
 from ganmodels.replay import ReplayBuffer
 
@@ -116,6 +125,8 @@ log = logging.getLogger(__name__)
 
 LOSSES = ("bce", "wgan-gp", "hinge")
 _STREAMS = ("noise", "labels", "gp", "augment", "replay", "frames")
+# Samples the EMA generator's BatchNorm statistics are recomputed from (BigGAN used 16 batches of its batch size).
+STANDING_SAMPLES = 1024
 
 
 def _default_threads() -> int:
@@ -153,6 +164,17 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 = off
     ema_warmup: bool = True
     diffaugment: str = ""  # "" = off, else e.g. "color,translation,cutout"
+    # ADA (ganmodels.ada), the alternative to diffaugment: augmentation probability p tuned so that
+    # E[sign(D(real))] (a bce/hinge logit's sign) stays at ada_target (0 = off; the paper uses 0.6), adjusted
+    # every ada_interval D steps, at most a full [0, 1] sweep per ada_kimg thousand images. StyleGAN2-ADA's 500
+    # suits GPU runs of millions of images; a CPU run here sees ~200k (3000 steps x 64), in which p could not
+    # pass 0.4: 100 lets p sweep [0, 1] within half such a run.
+    ada_target: float = 0.0
+    ada_interval: int = 4
+    ada_kimg: float = 100.0
+    # Lazy R1 penalty gamma/2 * E||grad D(real)||^2 (0 = off), every r1_every D steps, scaled by r1_every.
+    r1_gamma: float = 0.0
+    r1_every: int = 16
     batch_size: int = 64
     steps: int = 10_000
     seed: int = 0
@@ -160,10 +182,16 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 3
     frame_every: int = 500  # 0 = no frames
-    frame_count: int = 64
-    frame_nrow: int = 8
+    frame_count: int = 64  # derived (labels x frame_nrow) when label_field is set
+    frame_nrow: int = 8  # images per row; with label_field, samples per label (one row per label)
     log_every: int = 50
     classes: tuple[str, ...] | None = None  # None = every class of the data
+    # Conditional labels from a field of each sample's json metadata (e.g. "breed") instead of the class;
+    # the vocabulary comes from the training split (ganmodels.data.LabelVocabulary). net.num_classes is its
+    # size: 0 or "auto" fills it in, any other number must equal it.
+    label_field: str | None = None
+    label_min_count: int = 20  # values with fewer training samples go to the "other" label
+    label_other: bool = True  # False: drop those samples (and the ones without the field) instead
     device: str = "auto"
     stuck_d_loss_eps: float = 1e-3
     stuck_d_loss_steps: int = 200
@@ -190,10 +218,30 @@ class TrainConfig:
         if self.lr_g <= 0 or self.lr_d <= 0:
             raise ValueError("lr_g and lr_d must be > 0")
         parse_policy(self.diffaugment)
+        if not 0.0 <= self.ada_target < 1.0:
+            raise ValueError(f"ada_target must be in [0, 1) (0 = off), got {self.ada_target}")
+        if self.ada_target > 0 and parse_policy(self.diffaugment):
+            raise ValueError(
+                "ada_target and diffaugment are alternatives (both augment every image D sees): "
+                "set diffaugment: '' to use ADA, or ada_target: 0 to use DiffAugment"
+            )
+        if self.ada_interval < 1 or self.ada_kimg <= 0:
+            raise ValueError(f"need ada_interval >= 1 and ada_kimg > 0, got {self.ada_interval}, {self.ada_kimg}")
+        if self.r1_gamma < 0 or self.r1_every < 1:
+            raise ValueError(f"need r1_gamma >= 0 (0 = off) and r1_every >= 1, got {self.r1_gamma}, {self.r1_every}")
         if self.device != "auto":
             torch.device(self.device)  # raises on nonsense
         if self.classes is not None and self.negatives_class is not None and self.negatives_class in self.classes:
             raise ValueError("negatives_class must not be one of the trained classes")
+        if self.label_field is not None:
+            if not self.label_field:
+                raise ValueError("label_field must be a metadata field name (e.g. breed) or null")
+            if self.classes is None:
+                raise ValueError(
+                    "label_field needs `classes`: the dataset classes whose samples carry the field (e.g. [dogs])"
+                )
+            if self.label_min_count < 1:
+                raise ValueError(f"label_min_count must be >= 1, got {self.label_min_count!r}")
 
     @property
     def label_settings(self) -> LabelSettings:
@@ -216,6 +264,10 @@ class TrainConfig:
         kwargs = dict(data)
         net = kwargs.get("net", {})
         if isinstance(net, dict):
+            if net.get("num_classes") == "auto":
+                if not kwargs.get("label_field"):
+                    raise ValueError("net.num_classes: auto needs label_field (its label vocabulary sets the count)")
+                net = {**net, "num_classes": 0}
             net_known = {f.name for f in dataclasses.fields(NetConfig)}
             net_unknown = sorted(set(net) - net_known)
             if net_unknown:
@@ -311,9 +363,11 @@ def shard_batches(
     """The training batches of a dataset version (its ``train`` split) and the dataset's class names.
 
     Loads ``config.classes`` (all when None) plus ``config.negatives_class``; labels are indices into
-    the returned class list, which is what :class:`Trainer` wants as ``class_names``.
+    the returned class list, which is what :class:`Trainer` wants as ``class_names``. With
+    ``config.label_field`` the list is the label vocabulary of the training split instead
+    (:class:`~ganmodels.data.LabelVocabulary`), plus the negatives class, last.
     """
-    from ganmodels.data import make_loader
+    from ganmodels.data import LabelVocabulary, count_field_values, make_loader
     from pipelines.dataset import load_index
     from pipelines.storage import open_storage
 
@@ -333,16 +387,43 @@ def shard_batches(
             f"{config.net.resolution} px (webdataset_shards config: resolution)"
         )
     keys = [s["key"] for s in index.index["splits"]["train"]]
+    classes = [names.index(c) for c in wanted]
+    field_labels = None
+    if config.label_field is not None:
+        assert config.classes is not None  # TrainConfig requires classes with label_field
+        trained_ids = [names.index(c) for c in config.classes]
+        counts = count_field_values(root_url, keys, config.label_field, classes=trained_ids, endpoint_url=endpoint_url)
+        vocab = LabelVocabulary.from_counts(
+            config.label_field, counts, min_count=config.label_min_count, other=config.label_other
+        )
+        log.info(
+            "%d %s labels from dataset %s: %s%s",
+            len(vocab.names),
+            config.label_field,
+            index.version,
+            ", ".join(f"{n} ({c})" for n, c in zip(vocab.names, vocab.counts, strict=True)),
+            f"; {vocab.dropped} samples dropped (label_other: false)" if vocab.dropped else "",
+        )
+        labels = list(vocab.names)
+        negatives = {}
+        if config.negatives_class is not None:  # its samples keep one label of their own, after the vocabulary
+            if config.negatives_class in labels:
+                raise ValueError(f"{config.label_field} value {config.negatives_class!r} is also the negatives class")
+            negatives = {names.index(config.negatives_class): len(labels)}
+            labels.append(config.negatives_class)
+        field_labels = vocab.field_labels(negatives)
+        names = labels
     loader = make_loader(
         root_url,
         keys,
         batch_size=config.batch_size,
         num_workers=num_workers,
-        classes=[names.index(c) for c in wanted],
+        classes=classes,
         shuffle_buffer=shuffle_buffer,
         seed=config.seed,
         endpoint_url=endpoint_url,
         image_size=config.net.resolution,
+        field_labels=field_labels,
     )
     return ShardBatches(loader), names
 
@@ -355,6 +436,19 @@ class _NullWriter:
 
     def __getattr__(self, name: str) -> Any:
         return lambda *args, **kwargs: None
+
+
+def _label_change(before: Sequence[str], after: Sequence[str]) -> str:
+    """What differs between two label lists, briefly (a breed vocabulary has a hundred names)."""
+
+    def few(names: Sequence[str]) -> str:
+        return ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+
+    added = [n for n in after if n not in before]
+    removed = [n for n in before if n not in after]
+    if not added and not removed:
+        return f"the same labels in another order: {few(after)}"
+    return "; ".join(f"{word}: {few(names)}" for word, names in (("new", added), ("gone", removed)) if names)
 
 
 def _grad_norm(module: nn.Module) -> float:
@@ -370,6 +464,8 @@ class Trainer:
 
     ``class_names`` maps label index -> class name for the data's labels (defaults to
     ``config.classes``); it is needed to resolve ``classes`` and ``negatives_class`` to label indices.
+    With ``config.label_field`` it is required and names the data's labels (what :func:`shard_batches`
+    returns): every one but the negatives class is trained, and ``net.num_classes`` 0 becomes their count.
     """
 
     def __init__(
@@ -388,9 +484,15 @@ class Trainer:
         self.tb_dir = self.out_dir / "tensorboard"
         self.gen_dir = self.out_dir / "generators"
 
+        labelled = cfg.label_field is not None
+        if labelled and class_names is None:
+            raise ValueError("a label_field run needs its label names as class_names (shard_batches returns them)")
         names = list(class_names) if class_names is not None else list(cfg.classes or [])
         self.class_names = names
-        trained = list(cfg.classes) if cfg.classes is not None else [n for n in names if n != cfg.negatives_class]
+        if cfg.classes is not None and not labelled:
+            trained = list(cfg.classes)
+        else:  # every class of the data, or with label_field every label: cfg.classes filtered the dataset
+            trained = [n for n in names if n != cfg.negatives_class]
         for c in trained + ([cfg.negatives_class] if cfg.negatives_class else []):
             if c not in names:
                 raise ValueError(f"class {c!r} is not among the data's classes {names}")
@@ -402,6 +504,24 @@ class Trainer:
             self.label_map[names.index(c)] = i
         self.train_labels = torch.arange(len(trained), dtype=torch.int64)
         self.negative_label = names.index(cfg.negatives_class) if cfg.negatives_class else None
+        if labelled:
+            if not trained:
+                raise ValueError(f"label_field {cfg.label_field!r}: no label to train (class_names {names})")
+            if cfg.net.num_classes == 0:  # "auto": the vocabulary's size
+                self.config = cfg = dataclasses.replace(cfg, net=dataclasses.replace(cfg.net, num_classes=len(trained)))
+            elif cfg.net.num_classes != len(trained):
+                shown = ", ".join(trained[:10]) + (", ..." if len(trained) > 10 else "")
+                raise ValueError(
+                    f"net.num_classes={cfg.net.num_classes}, but the {cfg.label_field} vocabulary has {len(trained)} "
+                    f"labels ({shown}): set net.num_classes: auto"
+                )
+        # What a generator snapshot says about its labels: net label i is labels[i]; ``classes`` are the dataset
+        # classes it was trained on (the holdout an evaluation compares with).
+        self.label_info: dict[str, Any] = (
+            {"classes": list(cfg.classes or []), "label_field": cfg.label_field, "labels": list(trained)}
+            if labelled
+            else {"classes": list(trained)}
+        )
         if cfg.net.conditional:
             if not trained:
                 raise ValueError("a conditional net needs class names (config.classes or class_names)")
@@ -413,6 +533,12 @@ class Trainer:
         self.rank = dist.get_rank() if self.distributed else 0
         self.world_size = dist.get_world_size() if self.distributed else 1
         self.is_main = self.rank == 0
+        if self.distributed and labelled:
+            # Each rank counted the vocabulary itself: label i must mean the same value on every rank.
+            everyone: list[Any] = [None] * self.world_size
+            dist.all_gather_object(everyone, trained)
+            if any(other != trained for other in everyone):
+                raise ValueError(f"the ranks derived different {cfg.label_field} vocabularies: {everyone}")
         if cfg.device == "auto":
             self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         else:
@@ -451,27 +577,50 @@ class Trainer:
         self.labels = cfg.label_settings
 
         self.gens = {name: torch.Generator().manual_seed(self._stream_seed(i, name)) for i, name in enumerate(_STREAMS)}
-        self.ema = EMA(self.G, cfg.ema_decay, warmup=cfg.ema_warmup) if cfg.ema_decay > 0 else None
+        self.ema = (
+            EMA(self.G, cfg.ema_decay, warmup=cfg.ema_warmup, calibrate_inputs=self._standing_inputs)
+            if cfg.ema_decay > 0
+            else None
+        )
         self.replay = ReplayBuffer(cfg.replay_capacity, self.gens["replay"]) if cfg.replay_capacity > 0 else None
+        self.ada = AdaptiveAugment(cfg.ada_target, cfg.ada_interval, cfg.ada_kimg) if cfg.ada_target > 0 else None
         self.schedule = UpdateSchedule(
             cfg.d_steps, cfg.g_steps, adaptive=cfg.adaptive, threshold=cfg.adaptive_threshold
         )
 
         # Fixed frame batch: drawn once from its own stream, identical for every run with this seed.
         fg = self.gens.pop("frames")
-        self.frame_z = torch.randn(cfg.frame_count, cfg.net.latent_dim, generator=fg).to(self.device)
-        self.frame_labels = (
-            self.train_labels[torch.arange(cfg.frame_count) % len(self.train_labels)].to(self.device)
-            if cfg.net.conditional
-            else None
-        )
+        # With label_field: one row of frame_nrow samples per label, so every label (e.g. breed) shows.
+        frame_count = len(trained) * cfg.frame_nrow if labelled else cfg.frame_count
+        self.frame_z = torch.randn(frame_count, cfg.net.latent_dim, generator=fg).to(self.device)
+        if labelled:
+            self.frame_labels: torch.Tensor | None = self.train_labels.repeat_interleave(cfg.frame_nrow).to(self.device)
+        elif cfg.net.conditional:
+            self.frame_labels = self.train_labels[torch.arange(frame_count) % len(self.train_labels)].to(self.device)
+        else:
+            self.frame_labels = None
 
         self.step = 0
         self.batches = 0  # data batches consumed
+        self.d_updates = 0  # D steps taken (lazy R1 runs on every r1_every-th)
         self.monitor: dict[str, Any] = {"early_diversity": None, "stuck": 0, "warnings": []}
         self.resumed_from: int | None = None
         self._data_iter: Iterator | None = None
         self._kept_fakes: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def _standing_inputs(self, update: int) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Latents (and every trained label equally) for the EMA G's own BatchNorm statistics after ``update``
+        updates (ganmodels/ema.py): batches of the training batch size, from an RNG seeded by ``update`` alone,
+        so a resumed run computes the same statistics and no training stream is touched."""
+        gen = torch.Generator().manual_seed(self.config.seed * 1_000_003 + update * 7_919 + 17)
+        bs = self.config.batch_size
+        for start in range(0, STANDING_SAMPLES, bs):
+            n = min(bs, STANDING_SAMPLES - start)
+            z = torch.randn(n, self.config.net.latent_dim, generator=gen).to(self.device)
+            labels = None
+            if self.config.net.conditional:
+                labels = self.train_labels[torch.arange(start, start + n) % len(self.train_labels)].to(self.device)
+            yield z, labels
 
     def _stream_seed(self, i: int, name: str, step: int = 0) -> int:
         """Seed of RNG stream ``i``: rank 0 (and a single process) uses the classic one; other ranks differ.
@@ -496,6 +645,7 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         return {
             "config": self.config.to_dict(),
+            "labels": list(self.trained),  # net label i = labels[i]; a resume must derive the same
             "batches": self.batches,
             "G": self.G.state_dict(),
             "D": self.D.state_dict(),
@@ -506,13 +656,23 @@ class Trainer:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "replay": self.replay.state_dict() if self.replay is not None else None,
             "schedule": self.schedule.state_dict(),
+            "ada": self.ada.state_dict() if self.ada is not None else None,
+            "d_updates": self.d_updates,
             "generators": {k: g.get_state() for k, g in self.gens.items()},
             "rng": rng_state(),
             "monitor": {**self.monitor, "warnings": list(self.monitor["warnings"])},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved_net = state["config"]["net"]
+        saved_labels = state.get("labels")
+        if saved_labels is not None and saved_labels != self.trained:
+            what = f"{self.config.label_field} vocabulary" if self.config.label_field else "trained classes"
+            raise ValueError(
+                f"cannot resume from step {state['step']}: the data's {what} changed since "
+                f"({_label_change(saved_labels, self.trained)}); train on the checkpoint's dataset version, "
+                "or start a new run in another directory"
+            )
+        saved_net = {"arch": "dcgan", **state["config"]["net"]}  # checkpoints from before `arch` are DCGANs
         if saved_net != dataclasses.asdict(self.config.net):
             raise ValueError(f"checkpoint was trained with net {saved_net}, this config has {self.config.net}")
         self.step = int(state["step"])
@@ -529,6 +689,10 @@ class Trainer:
         if self.replay is not None and state["replay"] is not None:
             self.replay.load_state_dict(state["replay"])
         self.schedule.load_state_dict(state["schedule"])
+        # Other ranks take rank 0's partial ADA interval sums for their own (their resume is not exact anyway).
+        if self.ada is not None and state.get("ada") is not None:
+            self.ada.load_state_dict(state["ada"])
+        self.d_updates = int(state.get("d_updates", 0))
         for k, s in state["generators"].items():
             self.gens[k].set_state(s)
         set_rng_state(state["rng"])
@@ -543,7 +707,7 @@ class Trainer:
         # The sampling generator of this step, kept forever (small) for evaluation over steps; written
         # first, so every checkpoint has its snapshot.
         net = self.ema.module if self.ema is not None else self.G
-        snapshot = {"net": dataclasses.asdict(self.config.net), "classes": list(self.trained), "G": net.state_dict()}
+        snapshot = {"net": dataclasses.asdict(self.config.net), **self.label_info, "G": net.state_dict()}
         save_checkpoint(self.gen_dir, self.step, {**snapshot, "ema": self.ema is not None}, keep=0)
         return save_checkpoint(self.ckpt_dir, self.step, self.state_dict(), keep=self.config.keep_checkpoints)
 
@@ -611,6 +775,9 @@ class Trainer:
         return self.train_labels[idx].to(self.device)
 
     def _aug(self, x: torch.Tensor) -> torch.Tensor:
+        """Augment an image batch D is about to see: ADA at its current p, DiffAugment, or neither."""
+        if self.ada is not None:
+            return self.ada(x, self.gens["augment"])
         if not self.config.diffaugment:
             return x
         return diff_augment(x, self.config.diffaugment, self.gens["augment"])
@@ -651,6 +818,9 @@ class Trainer:
                 fake, fake_labels = self.replay.mix_with_labels(fake, fake_labels, cfg.replay_share)
             else:
                 fake = self.replay.mix(fake, cfg.replay_share)
+        r1_due = cfg.r1_gamma > 0 and self.d_updates % cfg.r1_every == 0
+        if r1_due:  # R1's gradient is taken w.r.t. the reals before augmentation, as in StyleGAN2-ADA
+            real = real.detach().requires_grad_(True)
         real_in, fake_in = self._aug(real), self._aug(fake)
         neg_in = self._aug(negatives) if negatives is not None else None
         # A conditional D sees each negative as "not an image of class c" for a random trained class c.
@@ -679,6 +849,9 @@ class Trainer:
                 self.D, real_in.float(), fake_in.float(), real_labels if cond else None, cfg.gp_weight, self.gens["gp"]
             )
             loss = loss + gp
+        if r1_due:  # lazy: gamma * r1_every every r1_every-th step (StyleGAN2)
+            gamma = cfg.r1_gamma * cfg.r1_every
+            loss = loss + r1_penalty(real_logits, real, gamma)
         self._check("D", loss)
         self.opt_d.zero_grad(set_to_none=True)
         self.scaler_d.scale(loss).backward()
@@ -698,6 +871,12 @@ class Trainer:
             acc = torch.tensor([self.schedule.acc_real, self.schedule.acc_fake], device=self.device)
             dist.all_reduce(acc)
             self.schedule.acc_real, self.schedule.acc_fake = (float(a) / self.world_size for a in acc)
+        if self.ada is not None:  # sign statistics summed over ranks: every rank gets the same p
+            self.ada.observe(real_logits, dist.all_reduce if self.distributed else None)
+            stats["ada/p"] = self.ada.p
+            if self.ada.rt is not None:
+                stats["ada/rt"] = self.ada.rt
+        self.d_updates += 1
         if self.replay is not None:
             self.replay.push(fresh, fresh_labels)
         stats["images"] = stats.get("images", 0.0) + n

@@ -114,3 +114,15 @@ def fid_weights(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.fid_weights import write_random_weights
 
     return write_random_weights(tmp_path_factory.mktemp("fid") / "random-inception.pth")
+
+
+@pytest.fixture
+def one_torch_thread() -> Iterator[None]:
+    """One intra-op thread: tiny ops (spectral-norm power iterations, small convs) crawl when OpenMP threads
+    fight a busy CPU."""
+    import torch  # here: most tests need no torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

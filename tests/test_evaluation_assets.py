@@ -23,10 +23,11 @@ pytestmark = pytest.mark.slow
 
 TINY = tiny_experiment(steps=3, frame_every=1)
 COND = {**TINY, "net": {**TINY["net"], "num_classes": 2}, "classes": ["dog", "null"], "steps": 2}
-EVAL = {"num_samples": 8, "batch_size": 8, "kid_subsets": 5, "kid_subset_size": 6}
+EVAL = {"num_samples": 8, "batch_size": 8, "kid_subsets": 5, "kid_subset_size": 6, "memorization_train_samples": 6}
 TIMELAPSE = {"size": 64, "gif_size": 32, "fps": 4}
 GEN, EVA, TL = dg.AssetKey("gan_generator"), dg.AssetKey("gan_evaluation"), dg.AssetKey("training_timelapse")
 SERIES = "(8 samples, unofficial weights)"
+COPY_SERIES = "(8 samples, 6 train, unofficial weights)"  # 6 of the 16 training images of "dog"
 
 
 @pytest.fixture
@@ -94,7 +95,22 @@ def test_scores_checks_lineage_and_reuse(env, instance):
     report = Path(md["report"].removeprefix("file://"))
     assert report == store.local_path(f"reports/tiny/{gen['checkpoint_sha256']}.html") and report.is_file()
     assert store.local_path("reports/tiny/latest.html").read_bytes() == report.read_bytes()
-    assert "<video" in report.read_text()  # the time-lapse ran first and is embedded
+    page = report.read_text()
+    assert "<video" in page  # the time-lapse ran first and is embedded
+
+    # precision/recall beside FID/KID, named like them; the memorisation check of the final step
+    precision, recall = md[f"precision {SERIES}"], md[f"recall {SERIES}"]
+    assert (precision, recall) == (md["scores"][-1]["precision"], md["scores"][-1]["recall"])
+    assert 0 <= precision <= 1 and 0 <= recall <= 1
+    assert 0 <= md[f"copy_rate {COPY_SERIES}"] <= 1 and 0 <= md["holdout_copy_rate"] <= 1
+    assert md["memorization_train"] == 6 and md["memorization_status"].startswith("step 3: ")
+    assert md["memorization"].startswith(
+        "![most copy-like samples, each followed by its nearest training images](data:"
+    )
+    assert md["train_stats"] == {
+        "dog": {"key": store.uri(f"eval/train/v1/{md['fid_weights_sha256'][:16]}/dog.npz"), "reused": False}
+    }
+    assert 'id="memorization-grid"' in page and "Copy rate " in page and "<th>precision</th>" in page
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert checks["scores_finite"].passed
     assert checks["beats_step_zero"].metadata["fid_step_0"].value == md["scores"][0]["fid"]
@@ -113,12 +129,17 @@ def test_scores_checks_lineage_and_reuse(env, instance):
     video = store.local_path(f"timelapse/tiny/{gen['checkpoint_sha256']}.mp4")
     assert tl["video"] == store.uri(f"timelapse/tiny/{gen['checkpoint_sha256']}.mp4") and video.stat().st_size > 0
     assert tl["duration_s"] == pytest.approx(4 / 4, abs=0.05)
+    # ... and the final generator's latent space beside it: an interpolation clip and truncation grids
+    assert tl["interpolation_video"] == store.uri(f"timelapse/tiny/{gen['checkpoint_sha256']}-interpolation.mp4")
+    assert store.local_path(f"timelapse/tiny/{gen['checkpoint_sha256']}-interpolation.mp4").stat().st_size > 0
+    assert tl["truncation_psi"] == [1.0, 0.7, 0.5] and set(tl["truncation_grids"]) == {"1", "0.7", "0.5"}
 
     # Again: every score and the real statistics come from storage; same data version.
     again = _run(env, instance, [EVA], "tiny")
     md2 = _md(again, "gan_evaluation")
     assert md2["scored_now"] == 0 and md2["real_stats"]["dog"]["reused"] is True
-    assert md2["scores"] == md["scores"]
+    assert md2["scores"] == md["scores"] and md2["memorization"] == md["memorization"]
+    assert md2["train_stats"]["dog"]["reused"] is True
     data_version = [m.tags["dagster/data_version"] for m in again.asset_materializations_for_node("gan_evaluation")]
     assert data_version == [
         m.tags["dagster/data_version"] for m in result.asset_materializations_for_node("gan_evaluation")
@@ -132,6 +153,7 @@ def test_conditional_model_gets_per_class_scores(env, instance):
     assert all(math.isfinite(v["fid"]) for v in md["per_class"].values())
     assert set(md["scores"][-1]["per_class"]) == {"dog", "null"}
     assert md["num_real"] == 16 and set(md["real_stats"]) == {"dog", "null"}
+    assert md["memorization_train"] == 6 and set(md["train_stats"]) == {"dog", "null"}  # 3 of each class
 
 
 def test_without_weights_fid_is_skipped_and_said_so(env, instance, tmp_path):
@@ -142,10 +164,13 @@ def test_without_weights_fid_is_skipped_and_said_so(env, instance, tmp_path):
     md = _md(result, "gan_evaluation")
     assert md["summary"].startswith("FID skipped: no FID Inception weights on this machine")
     assert md["fid_status"] == "skipped" and not any(k.startswith(("fid (", "kid (")) for k in md)
-    assert all(s["fid"] is None and s["kid"] is None for s in md["scores"])
+    assert all(s["fid"] is None and s["kid"] is None and s["precision"] is None for s in md["scores"])
+    assert md["memorization_status"].startswith("skipped: no FID Inception weights on this machine")
+    assert not any(k.startswith(("precision (", "recall (", "copy_rate (")) for k in md) and "memorization" not in md
     # computed without weights (the 3-step tiny G still draws near-constant images: diversity about 0)
     assert md["num_real"] == 8 and 0 <= md["diversity"] < md["real_diversity"]
-    assert "GAN_FID_WEIGHTS" in Path(md["report"].removeprefix("file://")).read_text()  # how to get them
+    page = Path(md["report"].removeprefix("file://")).read_text()
+    assert "GAN_FID_WEIGHTS" in page and "Memorisation check skipped: no FID Inception weights" in page
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     assert not checks["scores_finite"].passed and checks["scores_finite"].severity == dg.AssetCheckSeverity.WARN
 
@@ -177,6 +202,9 @@ def test_an_unattended_evaluation_keeps_the_sample_count_last_chosen(env, instan
     )
     again = _md(result, "gan_evaluation")
     assert again["num_samples"] == first["num_samples"] == 8 and again["scored_now"] == 0
+    chosen = {k: v for k, v in EVAL.items() if k != "batch_size"}
+    assert again["eval_settings"] == first["eval_settings"] == {**chosen, "seed": 0}
+    assert again["memorization_train"] == 6
 
 
 def _stale(assets, instance) -> set[tuple[str, str]]:

@@ -333,10 +333,16 @@ def _small_g() -> nn.Module:
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
 
 
+def _calibration(update: int) -> list[tuple[torch.Tensor]]:
+    """Four batches of 16 inputs, a different draw for every update count (as the Trainer's are)."""
+    g = _gen(1000 + update)
+    return [(torch.randn(16, 3, generator=g) * 5 + 3,) for _ in range(4)]
+
+
 def test_ema_matches_analytic_average_with_constant_model() -> None:
     model = _small_g()
     p0 = {k: v.detach().clone() for k, v in model.named_parameters()}
-    ema = EMA(model, decay=0.9)
+    ema = EMA(model, decay=0.9, calibrate_inputs=_calibration)
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(1.5)
@@ -354,7 +360,7 @@ def test_ema_matches_analytic_average_with_constant_model() -> None:
 def test_ema_warmup_decay() -> None:
     model = _small_g()
     p0 = {k: v.detach().clone() for k, v in model.named_parameters()}
-    ema = EMA(model, decay=0.999, warmup=True)
+    ema = EMA(model, decay=0.999, warmup=True, calibrate_inputs=_calibration)
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(-1.0)
@@ -367,35 +373,68 @@ def test_ema_warmup_decay() -> None:
         assert torch.allclose(avg, -1.0 + factor * (p0[name] + 1.0), atol=1e-6)
 
 
-def test_ema_copies_buffers_and_copy_to() -> None:
+def test_ema_batchnorm_statistics_are_its_own() -> None:
+    """The averaged net's BatchNorm statistics are measured on the averaged weights (standing statistics over
+    the calibration inputs), never copied from the live net, whose statistics belong to other weights."""
     model = _small_g()
-    ema = EMA(model, decay=0.99)
+    ema = EMA(model, decay=0.5, calibrate_inputs=_calibration)
     model.train()
-    model(torch.randn(16, 3, generator=_gen(0)) * 5 + 3)
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)
+    model(torch.randn(16, 3, generator=_gen(0)) * 5 + 3)  # live statistics, of the live weights
     ema.update(model)
-    for (name, b), (_, eb) in zip(model.named_buffers(), ema.module.named_buffers(), strict=True):
-        assert torch.equal(b, eb), name
-    assert ema.module[1].num_batches_tracked.item() == 1
+    net = ema.module
+    with torch.no_grad():
+        pre = [net[0](x) for (x,) in _calibration(1)]
+    assert torch.allclose(net[1].running_mean, torch.cat(pre).mean(0), atol=1e-5)
+    assert torch.allclose(net[1].running_var, torch.stack([p.var(0) for p in pre]).mean(0), atol=1e-4)
+    assert not torch.allclose(net[1].running_mean, model[1].running_mean, atol=1e-3)
+    assert net[1].momentum == model[1].momentum and not net.training
+
+
+def test_ema_calibrates_once_per_update_and_copies_other_buffers() -> None:
+    calls: list[int] = []
+
+    def inputs(update: int) -> list[tuple[torch.Tensor]]:
+        calls.append(update)
+        return _calibration(update)
+
+    model = nn.Sequential(_small_g(), nn.Flatten())
+    model.register_buffer("scale", torch.tensor(1.0))
+    ema = EMA(model, decay=0.9, calibrate_inputs=inputs)
+    model.scale.fill_(2.0)
+    ema.update(model)
+    ema.module, ema.module  # noqa: B018  (two reads, one calibration)
+    ema.update(model)
+    ema.update(model)
+    ema.module  # noqa: B018
+    assert calls == [1, 3]
+    assert ema.module.scale.item() == 2.0
 
     target = _small_g()
-    with torch.no_grad():
-        for p in target.parameters():
-            p.zero_()
-    ema.copy_to(target)
-    for (name, p), (_, ep) in zip(target.state_dict().items(), ema.module.state_dict().items(), strict=True):
+    plain = EMA(_small_g(), decay=0.9, calibrate_inputs=_calibration)
+    plain.update(_small_g())
+    plain.copy_to(target)
+    for (name, p), (_, ep) in zip(target.state_dict().items(), plain.module.state_dict().items(), strict=True):
         assert torch.equal(p, ep), name
+
+
+def test_ema_of_a_batchnorm_net_needs_calibration_inputs() -> None:
+    with pytest.raises(ValueError, match="needs calibrate_inputs"):
+        EMA(_small_g(), decay=0.9)
+    EMA(nn.Linear(3, 2), decay=0.9)  # nothing to calibrate: fine
 
 
 def test_ema_state_round_trip() -> None:
     model = _small_g()
-    ema = EMA(model, decay=0.95, warmup=True)
+    ema = EMA(model, decay=0.95, warmup=True, calibrate_inputs=_calibration)
     for i in range(3):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.1 * (i + 1))
         ema.update(model)
     state = copy.deepcopy(ema.state_dict())
-    other = EMA(_small_g(), decay=0.5)
+    other = EMA(_small_g(), decay=0.5, calibrate_inputs=_calibration)
     other.load_state_dict(state)
     assert other.step == 3 and other.decay == 0.95 and other.warmup
     for (name, a), (_, b) in zip(ema.module.state_dict().items(), other.module.state_dict().items(), strict=True):

@@ -21,11 +21,13 @@ import torch
 from matplotlib import pyplot as plt
 from PIL import Image
 
+from ganmodels.evaluate import memorization_grid
 from ganmodels.frames import frame_path, make_grid, save_frame
 from ganmodels.inception import WEIGHTS_SHA256
 from ganmodels.report import (
     MEANINGFUL_IMAGES,
     ReportInputs,
+    copies_clearly_more,
     render_report,
     report_warnings,
     scores_figure,
@@ -41,8 +43,8 @@ SKIPPED = "no FID Inception weights (set GAN_FID_WEIGHTS to weights-inception-20
 
 
 def score_rows(num_samples: int = 256, num_real: int = 14, per_class: bool = True) -> list[dict[str, Any]]:
-    """Rows shaped like ``SnapshotScore.to_dict()``: FID falling from step 0, a KID that ends below zero, the
-    sample diversity rising towards the real images'."""
+    """Rows shaped like ``SnapshotScore.to_dict()``: FID falling from step 0, a KID that ends below zero,
+    precision and recall rising, the sample diversity rising towards the real images'."""
     rows = []
     for i, step in enumerate(STEPS):
         fid = 400.0 / (1 + 9 * i)
@@ -60,14 +62,43 @@ def score_rows(num_samples: int = 256, num_real: int = 14, per_class: bool = Tru
                 "per_class": {"cat": {"fid": fid * 1.1}, "dog": {"fid": fid * 1.3}} if per_class else {},
                 "diversity": 0.3 + 0.15 * i,
                 "real_diversity": 0.9,
+                "precision": 0.2 + 0.3 * i,
+                "recall": 0.05 + 0.2 * i,
             }
         )
     return rows
 
 
 def skipped_rows() -> list[dict[str, Any]]:
-    """Rows scored without FID weights: no FID or KID, but the diversity (which needs no weights)."""
-    return [{**r, "fid": None, "kid": None, "kid_std": None, "per_class": {}} for r in score_rows()]
+    """Rows scored without FID weights: no FID, KID or precision/recall, but the diversity (needs no weights)."""
+    none = {"fid": None, "kid": None, "kid_std": None, "precision": None, "recall": None}
+    return [{**r, **none, "per_class": {}} for r in score_rows()]
+
+
+def memorization(copy_rate: float = 0.011, holdout_copy_rate: float = 0.014) -> dict[str, Any]:
+    """Shaped like ``MemorizationCheck.to_dict()``: by default samples copy no more than holdout images do."""
+    rows = [{"sample": i, "copy_ratio": 0.8 + 0.05 * i, "distances": [9.0 + i, 11.0, 12.5]} for i in range(4)]
+    return {
+        "step": STEPS[-1],
+        "snapshot_sha256": "f" * 64,
+        "classes": ["cat", "dog"],
+        "copy_rate": copy_rate,
+        "holdout_copy_rate": holdout_copy_rate,
+        "num_samples": 256,
+        "num_train": 2000,
+        "num_holdout": 14,
+        "rows": rows,
+    }
+
+
+def memorization_png() -> bytes:
+    """A 4-row grid of 16 px images: each sample, then 3 training images."""
+    gen = torch.Generator().manual_seed(1)
+    samples = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    neighbours = torch.randint(0, 256, (4, 3, 3, 16, 16), dtype=torch.uint8, generator=gen)
+    buf = io.BytesIO()
+    memorization_grid(samples, neighbours).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 @pytest.fixture(scope="module")
@@ -102,6 +133,8 @@ def make_inputs(media: tuple[bytes, TimelapseResult], **changes: Any) -> ReportI
             "dataset_index": "s3://gan-data/datasets/versions/3f2a9c0d1e4b5a67/index.json",
             "dataset_samples": "https://storage.example/datasets/versions/3f2a9c0d1e4b5a67/samples.parquet",
         },
+        memorization=memorization(),
+        memorization_png=memorization_png(),
     )
     return dataclasses.replace(base, **changes)
 
@@ -113,9 +146,11 @@ def test_fid_on_a_log_axis_and_kid_on_a_linear_one() -> None:
     fig = scores_figure(score_rows(), "run")
     assert fig is not None
     try:
-        fid_ax, kid_ax, diversity_ax = fig.axes
+        fid_ax, kid_ax, pr_ax, diversity_ax = fig.axes
         assert fid_ax.get_yscale() == "log"
         assert kid_ax.get_yscale() == "linear"
+        assert [line.get_label() for line in pr_ax.get_lines()] == ["precision", "recall"]
+        assert pr_ax.get_ylim() == (-0.02, 1.02)  # shares: the whole range, so 0.2 never looks like 1
         assert [line.get_label() for line in diversity_ax.get_lines()] == ["generated", "real holdout"]
         assert fid_ax.get_ylabel() == "FID (256 generated vs 14 real images)"
         styles = {line.get_label(): line.get_linestyle() for line in fid_ax.get_lines()}
@@ -129,7 +164,7 @@ def test_fid_on_a_log_axis_and_kid_on_a_linear_one() -> None:
 def test_nothing_to_plot_without_finite_scores() -> None:
     assert scores_plot_png([], "run") is None
     assert scores_plot_png([{**r, "diversity": None} for r in skipped_rows()], "run") is None
-    nan = [{**r, "fid": math.nan, "kid": math.inf, "diversity": math.nan} for r in score_rows()]
+    nan = [{**r, "fid": math.nan, "kid": math.inf, "diversity": math.nan, "precision": math.nan} for r in score_rows()]
     assert scores_plot_png(nan, "run") is None
     fig = scores_figure(skipped_rows(), "run")  # FID skipped: the diversity is still plotted, alone
     assert fig is not None
@@ -162,6 +197,18 @@ def test_summary_and_warnings_say_what_the_numbers_are(media: tuple[bytes, Timel
     assert SKIPPED in warning
     unexplained = make_inputs(media, scores=[{**r, "diversity": None} for r in skipped_rows()], samples_per_s=None)
     assert summary_line(unexplained) == "FID skipped: no FID for the final step"
+
+
+def test_a_copy_rate_clearly_above_the_holdouts_is_a_warning(media: tuple[bytes, TimelapseResult]) -> None:
+    assert not copies_clearly_more(memorization())
+    assert not copies_clearly_more(memorization(0.2, 0.0))  # 14 holdout images: 0 of them is no proof
+    assert copies_clearly_more({**memorization(0.2, 0.05), "num_holdout": 1000})
+    assert not copies_clearly_more({**memorization(0.06, 0.05), "num_holdout": 1000})  # within chance
+    clean = make_inputs(media, scores=score_rows(4096, 4096), fid_weights_sha256=WEIGHTS_SHA256)
+    assert report_warnings(clean) == []
+    copying = dataclasses.replace(clean, memorization={**memorization(0.3, 0.02), "num_holdout": 500})
+    (warning,) = report_warnings(copying)
+    assert warning.startswith("Possible memorisation: 30.0% of the generated samples at step 200") and "2.0%" in warning
 
 
 def test_the_page_is_self_contained_and_escapes_its_inputs(media: tuple[bytes, TimelapseResult]) -> None:
@@ -236,7 +283,15 @@ def test_report_renders_in_headless_chromium(
     inputs = {
         "realistic": make_inputs(media),
         "clean": make_inputs(media, scores=score_rows(4096, 4096), fid_weights_sha256=WEIGHTS_SHA256),
-        "fid_skipped": make_inputs(media, scores=skipped_rows(), fid_skipped=SKIPPED, fid_weights_sha256=None),
+        "fid_skipped": make_inputs(
+            media,
+            scores=skipped_rows(),
+            fid_skipped=SKIPPED,
+            fid_weights_sha256=None,
+            memorization=None,
+            memorization_png=None,
+            memorization_skipped=f"skipped: {SKIPPED}",
+        ),
     }[case]
     page, errors = open_report(browser, inputs, tmp_path / "report.html")
     try:
@@ -251,7 +306,8 @@ def test_report_renders_in_headless_chromium(
         if case == "fid_skipped":
             assert page.locator("#warnings").is_visible()
             assert SKIPPED in warnings.first.inner_text()
-            assert page.locator("#scores-table td.skipped").count() == 2 * len(STEPS)  # FID and KID, no number
+            # FID, KID, precision and recall: no number
+            assert page.locator("#scores-table td.skipped").count() == 4 * len(STEPS)
         else:
             assert (page.locator("#warnings").count() == 0) == (case == "clean")
         assert rows.last.locator("td").last.inner_text() == "0.600 (real 0.900)"  # the diversity, also unskipped
@@ -262,6 +318,15 @@ def test_report_renders_in_headless_chromium(
 
         grid = page.evaluate("() => { const i = document.getElementById('samples'); return [i.complete, i.width] }")
         assert grid[0] and grid[1] >= 384  # the 74 px grid, scaled up
+        if inputs.memorization is not None:
+            memo = page.evaluate(
+                "() => { const i = document.getElementById('memorization-grid');"
+                " return [i.complete, i.naturalWidth, i.width] }"
+            )
+            assert memo[0] and memo[1] == 4 * 18 + 2 and memo[2] >= 384  # 4 columns of 16 px, scaled up
+            assert page.locator("#copy-rate").inner_text().startswith("Copy rate 1.1% of 256 samples at step 200")
+        else:
+            assert page.get_by_text("Memorisation check skipped: no FID Inception weights").is_visible()
 
         timelapse = media[1]
         meta = video_state(page)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +21,17 @@ from pipelines.storage import LocalStorage
 CLASSES = ["cat", "dog", "null"]
 
 
-def write_dataset(root: Path, n: int = 64, per_shard: int = 8, resolution: int = 32, holdout: int = 0) -> str:
+def write_dataset(
+    root: Path,
+    n: int = 64,
+    per_shard: int = 8,
+    resolution: int = 32,
+    holdout: int = 0,
+    meta: Callable[[int], dict[str, Any] | None] | None = None,
+) -> str:
     """n random RGB PNGs of ``resolution`` px in 3 classes (and ``holdout`` more in the holdout split), as
-    version "v1", with datasets/latest.json naming it."""
+    version "v1", with datasets/latest.json naming it. ``meta(i)``: sample i's json metadata (None: none),
+    like the ``breed`` the dataset writes for Dog CEO images."""
     storage = LocalStorage(root)
     rng = np.random.default_rng(0)
     samples = []
@@ -30,6 +39,9 @@ def write_dataset(root: Path, n: int = 64, per_shard: int = 8, resolution: int =
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(buf, format="PNG")
         samples.append({"__key__": f"{i:064x}", "png": buf.getvalue(), "cls": i % 3})
+        extra = meta(i) if meta is not None else None
+        if extra is not None:
+            samples[-1]["json"] = extra
     splits = {
         "train": write_shards(storage, samples[:n], max_count=per_shard),
         "holdout": write_shards(storage, samples[n:], max_count=per_shard) if holdout else [],
