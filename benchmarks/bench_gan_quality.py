@@ -402,7 +402,9 @@ def run_variants(
 ) -> list[dict[str, Any]]:
     """Each (variant, seed) in its own subprocess, one after the other; their result JSONs (written to ``out``).
 
-    A run that fails leaves a JSON with its error and the tail of its log, and the others go on.
+    A run that fails leaves a JSON with its error and the tail of its log, and the others go on. A run whose
+    JSON is already there with the same settings and no error is not run again: the hours a full table takes
+    can be spread over several sittings.
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
@@ -410,6 +412,12 @@ def run_variants(
     for variant in chosen:
         for seed in seeds:
             path = result_path(out, variant.name, seed)
+            if path.exists():
+                done = json.loads(path.read_text())
+                if done.get("settings") == dataclasses.asdict(settings) and "error" not in done:
+                    log(f"{variant.name} seed {seed}: done before ({path.name}), not run again")
+                    results.append(done)
+                    continue
             spec = {
                 "variant": variant.name,
                 "config": variant.config,

@@ -184,6 +184,12 @@ def test_harness_runs_the_tutorial_and_a_trainer_variant_end_to_end(tmp_path):
     assert [r["variant"] for r in rows] == ["tutorial", "ema"] and rows[0]["fd_ratio"] == 1.0
     assert text.count("\n") == 3
 
+    # A second sitting reuses what is done with the same settings; other settings run again.
+    lines: list[str] = []
+    kwargs = {"root_url": (tmp_path / "data").as_uri(), "version": "v1", "metric_path": metric.path, "out": out}
+    again = bgq.run_variants(chosen[:1], [0], settings, **kwargs, grids=None, dog="dog", log=lines.append)
+    assert again == results[:1] and lines == ["tutorial seed 0: done before (tutorial.seed0.json), not run again"]
+
 
 @pytest.mark.realdata
 def test_dogs_large_builds_through_curation(tmp_path):
