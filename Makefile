@@ -35,7 +35,7 @@ $(VENV)/.installed: pyproject.toml $(VENV)/.torch
 # the experiment's last evaluation used (else 1000). tests/test_make_run.py runs these very settings.
 TRAIN_STEPS ?= 100
 EVAL_SAMPLES ?= 128
-EXPERIMENTS ?= dogs_null_negatives satellite conditional_all
+EXPERIMENTS ?= dogs satellite conditional_all
 run: $(VENV)/.installed
 	$(BIN)/gan-pipelines run $(if $(TRAIN_STEPS),--train-steps $(TRAIN_STEPS)) $(if $(EVAL_SAMPLES),--eval-samples $(EVAL_SAMPLES)) $(if $(EXPERIMENTS),--experiments $(EXPERIMENTS))
 

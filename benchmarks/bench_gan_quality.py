@@ -403,8 +403,8 @@ def run_variants(
     """Each (variant, seed) in its own subprocess, one after the other; their result JSONs (written to ``out``).
 
     A run that fails leaves a JSON with its error and the tail of its log, and the others go on. A run whose
-    JSON is already there with the same settings and no error is not run again: the hours a full table takes
-    can be spread over several sittings.
+    JSON is already there with the same settings, the same variant config and no error is not run again: the
+    hours a full table takes can be spread over several sittings.
     """
     out.mkdir(parents=True, exist_ok=True)
     (out / "logs").mkdir(exist_ok=True)
@@ -414,7 +414,11 @@ def run_variants(
             path = result_path(out, variant.name, seed)
             if path.exists():
                 done = json.loads(path.read_text())
-                if done.get("settings") == dataclasses.asdict(settings) and "error" not in done:
+                same = (
+                    done.get("settings") == dataclasses.asdict(settings)
+                    and done.get("variant_config") == variant.config
+                )
+                if same and "error" not in done:
                     log(f"{variant.name} seed {seed}: done before ({path.name}), not run again")
                     results.append(done)
                     continue
@@ -450,7 +454,10 @@ def run_variants(
                 path.write_text(json.dumps(result, indent=1))
                 log(f"  FAILED (exit {proc.returncode}, {log_path}): {' | '.join(tail)}")
             else:
-                result = json.loads(path.read_text())
+                result = json.loads(path.read_text()) | {
+                    "variant_config": variant.config
+                }  # a changed recipe runs again
+                path.write_text(json.dumps(result, indent=1))
                 last = result["snapshots"][-1]
                 log(
                     f"  {result['steps']} steps, {result['images_per_s']:.0f} img/s; last snapshot FD "
@@ -510,11 +517,13 @@ def markdown(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def table(out: Path, settings: RunSettings, order: Sequence[str]) -> tuple[str, list[dict[str, Any]]]:
-    """The markdown table over every run JSON in ``out`` made with ``settings``; also its rows."""
+def table(out: Path, settings: RunSettings, every: Sequence[Variant]) -> tuple[str, list[dict[str, Any]]]:
+    """The markdown table over every run JSON in ``out`` made with ``settings`` and its variant's current config."""
     wanted = dataclasses.asdict(settings)
+    configs = {v.name: v.config for v in every}
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*.seed*.json"))]
-    rows = summarise([r for r in results if r.get("settings") == wanted], order)
+    current = [r for r in results if r.get("variant") in configs and r.get("variant_config") == configs[r["variant"]]]
+    rows = summarise([r for r in current if r.get("settings") == wanted], [v.name for v in every])
     return markdown(rows), rows
 
 
@@ -534,7 +543,7 @@ def main() -> None:
     ap.add_argument("--spacing", type=float, default=0.1, help="snapshot fractions are multiples of this")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per run")
     ap.add_argument("--workers", type=int, default=1, help="loader worker processes per run")
-    ap.add_argument("--only", action="append", default=[], help="run only this variant (repeatable)")
+    ap.add_argument("--only", action="append", default=[], help="run only this variant (repeatable, run in this order)")
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
     ap.add_argument("--out", type=Path, default=OUT, help="run JSONs, logs, results.md, summary.json")
     ap.add_argument("--grids", type=Path, default=GRIDS, help="sample grids, one PNG per variant")
@@ -557,7 +566,8 @@ def main() -> None:
     unknown = [n for n in args.only if n not in names]
     if unknown:
         sys.exit(f"unknown variant(s) {unknown}; see --list")
-    chosen = [v for v in every if not args.only or v.name in args.only]
+    by_name = {v.name: v for v in every}
+    chosen = [by_name[n] for n in dict.fromkeys(args.only)] if args.only else every  # in the order asked
     for v in chosen:
         if v.unavailable:
             print(f"skipping {v.name}: {v.unavailable}")
@@ -606,7 +616,7 @@ def main() -> None:
             grids=args.grids,
         )
 
-    text, rows = table(args.out, settings, names)
+    text, rows = table(args.out, settings, every)
     header = (
         f"{args.minutes:g} min per run, {args.threads} torch threads; FD, precision and recall of "
         f"{args.samples} samples against {len(metric.reference_keys)} held-out real dogs (benchmarks/quality_metric.py,"

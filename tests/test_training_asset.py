@@ -127,10 +127,10 @@ def test_failed_training_fails_the_step(setup, instance):
 def test_shipped_experiments_file():
     path = project_dir() / "config" / "experiments.yaml"
     experiments = load_experiments(path)
-    assert {"dogs_null_negatives", "satellite", "conditional_all"} <= set(experiments)
+    assert {"dogs", "satellite", "conditional_all"} <= set(experiments)
     configs = {name: TrainConfig.from_dict(spec) for name, spec in experiments.items()}
-    dogs = configs["dogs_null_negatives"]
-    assert dogs.classes == ("dogs",) and dogs.negatives_class == "null" and not dogs.net.conditional
+    dogs = configs["dogs"]
+    assert dogs.classes == ("dogs",) and dogs.loss == "hinge" and dogs.net.spectral_norm and not dogs.net.conditional
     assert configs["satellite"].classes == ("satellite",)
     cond = configs["conditional_all"]
     assert cond.net.num_classes == 3 and cond.classes == ("dogs", "null", "satellite")
@@ -152,6 +152,6 @@ def test_training_asset_loads_in_definitions():
 
     defs.validate_loadable(defs)
     asset = defs.resolve_assets_def("gan_generator")
-    assert {"dogs_null_negatives", "satellite", "conditional_all"} <= set(asset.partitions_def.get_partition_keys())
+    assert {"dogs", "satellite", "conditional_all"} <= set(asset.partitions_def.get_partition_keys())
     assert {"storage", "training_launcher"} <= asset.required_resource_keys
     assert dg.AssetKey("webdataset_shards") in asset.asset_deps[dg.AssetKey("gan_generator")]
