@@ -30,7 +30,7 @@ AFTER_INGEST = (
 
 
 class CurateConfig(dg.Config):
-    hash_kind: str = Field("phash", description="imagehash kind: phash, dhash, ahash or whash (64-bit)")
+    hash_kind: str = Field("phash", description="imagehash kind: phash or dhash (64-bit; queried mirrored too)")
     radius: int = Field(4, ge=0, le=16, description="Hamming radius for near duplicates (see benchmarks/README.md)")
     class_priority: list[str] = Field(
         list(CurateSettings().class_priority), description="in a cross-class conflict the earlier class keeps it"
@@ -54,13 +54,13 @@ def _md_table(counts: dict[str, dict[str, int]]) -> str:
 def _pairs_preview(store: Storage, rows: list[dict], count: int = 8) -> dg.MetadataValue | None:
     """Rejected near duplicates next to the image they duplicate: the picture that justifies the radius."""
     by_sha = {r["sha256"]: r for r in rows}
-    pairs = [r for r in rows if r["reason"] in ("near_duplicate", "label_conflict")][:count]
+    pairs = [r for r in rows if r["reason"] in ("near_duplicate", "superseded", "label_conflict")][:count]
     return preview([store.get_bytes(x["storage_key"]) for r in pairs for x in (by_sha[r["duplicate_of"]], r)])
 
 
 @dg.asset(
     deps=[raw_images],
-    code_version="1",
+    code_version="2",
     group_name="curate",
     automation_condition=AFTER_INGEST,
     kinds={"python", "parquet"},
@@ -74,8 +74,9 @@ def _pairs_preview(store: Storage, rows: list[dict], count: int = 8) -> dg.Metad
     ],
 )
 def curated_images(context: dg.AssetExecutionContext, config: CurateConfig, storage: StorageResource):
-    """Accept or reject every ingested image: exact, pixel and perceptual duplicates, label conflicts
-    across classes, and quality filters. Incremental: a refresh only hashes new raw partitions."""
+    """Accept or reject every ingested image: exact, pixel and perceptual duplicates (mirrored and letterboxed
+    copies too, keeping the best copy), label conflicts across classes, and quality filters; thumbnails are
+    linked to the picture they show. Incremental: a refresh only hashes new raw partitions."""
     store = storage.open()
     settings = config.settings()
     report = curate(store, settings, log=context.log.info)
@@ -91,6 +92,10 @@ def curated_images(context: dg.AssetExecutionContext, config: CurateConfig, stor
         "new_raw_partitions": dg.MetadataValue.json(report.new_partitions),
         "raw_manifest_versions": dg.MetadataValue.json(report.raw_versions),
         "hashed_this_run": report.hashed,
+        "pixel_compared_this_run": report.pixel_checked,
+        "mirrored_duplicates": sum(1 for r in rows if r["mirrored"]),
+        "letterboxed": sum(1 for r in rows if r["box"] is not None),
+        "thumbnails_linked": sum(1 for r in rows if r["thumbnail"] and r["duplicate_of"]),
         "accepted": report.accepted,
         "by_reason": dg.MetadataValue.json(dict(reasons)),
         "by_class_and_reason": dg.MetadataValue.md(_md_table(report.counts)),
@@ -134,7 +139,7 @@ def _first_images(store: Storage, shard_key: str, count: int) -> list[bytes]:
 
 @dg.asset(
     deps=[curated_images],
-    code_version="1",
+    code_version="2",
     group_name="curate",
     automation_condition=AFTER_INGEST,
     kinds={"python", "webdataset"},
@@ -148,8 +153,8 @@ def _first_images(store: Storage, shard_key: str, count: int) -> list[bytes]:
     ],
 )
 def webdataset_shards(context: dg.AssetExecutionContext, config: DatasetConfig, storage: StorageResource):
-    """Accepted images preprocessed (EXIF, RGB, centre crop, LANCZOS resize) into seeded, class-mixed
-    WebDataset tar shards with a fixed holdout split; the data version is the dataset version."""
+    """Accepted images preprocessed (EXIF, letterbox bars trimmed, RGB, centre crop, LANCZOS resize) into
+    seeded, class-mixed WebDataset tar shards with a fixed holdout split; the data version is the dataset version."""
     store = storage.open()
     decisions = read_decisions(store)
     accepted = [r for r in decisions if r["decision"] == "accept"]

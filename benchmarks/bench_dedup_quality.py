@@ -1,23 +1,23 @@
-"""Which perceptual hash and Hamming radius to use for near-duplicate curation, measured on real images.
+"""Which perceptual hash, lookup and Hamming radius curation should use, measured on real images.
 
-Run by hand (``python benchmarks/bench_dedup_quality.py``; about two minutes on two cores). Reads the
-real fixtures in ../shared/fixtures (never copied). For every image (~4,000: 128x128 dog and cat JPEGs,
-full-size photographs, 256x256 map tiles) it makes, in memory, the variants a scraper sees of one picture:
-JPEG re-encodes at quality 30 and 50, a 0.5x LANCZOS downscale, that downscale re-encoded at quality 50, a
-5% border crop on each side and a +10% brightness change, and hashes originals and variants with imagehash
-pHash, dHash and wHash (64 bits each).
+Run by hand (``python benchmarks/bench_dedup_quality.py``; about ten minutes on two cores). Reads the real
+fixtures in ../shared/fixtures (never copied). For every image (~4,000: 128x128 dog and cat JPEGs,
+full-size photographs, 256x256 map tiles) it makes, in memory, the copies a scraper meets of one picture
+(:data:`VARIANTS`: re-encodes, re-saves, rescales, colour edits, EXIF rotation, a mirror image,
+letterbox bars, crops, a corner caption, a small rotation, a thumbnail) and hashes originals and copies
+with each method (:data:`METHODS`): imagehash's pHash, dHash, aHash and wHash on a full decode, as a user
+of imagehash would, and the project's curation features (pipelines/features.py: draft decode, EXIF
+rotation, letterbox bars trimmed, the hash of the picture and of its mirror image, the distance being the
+smaller of the two).
 
-- recall at radius r: share of variants whose hash is within r of their original's;
-- false matches at radius r: share of distinct pairs of originals within r (all ~8M pairs, found with
-  pipelines.hamming.self_join and cross-checked against a full popcount matrix). The closest pairs are
-  listed with a pixel check, and a contact sheet of the 8 closest is written to /tmp, because a few are
-  the same picture twice (a true duplicate in the fixtures, not a false match of the hash);
-- the radius: the smallest with recall >= 0.99 (the target, 0.95, with a margin) for re-encodes and
-  downscales whose false matches stay under 0.1% of distinct pairs; since that share hides how false
-  matches grow with the corpus, the expected false neighbours per image at 1M images are printed too;
-- hashing throughput on the 489 256x256 tiles as JPEGs, one thread: full decode alone, full decode +
-  pHash, and JPEG draft mode (DCT-domain downscaling while decoding) + pHash, with the distance between
-  full-decode and draft-mode pHash, to know whether draft mode is safe.
+- recall at radius r: share of copies within r of their original;
+- false matches at radius r: distinct pairs of originals within r (all ~8M pairs, full popcount matrices;
+  for the project, the smaller of the direct and mirrored distance), the closest listed with a pixel
+  check, since a few are the same picture twice (a true duplicate in the fixtures); and the expected
+  false neighbours per image in a corpus of ``--scale`` images (:func:`tail_fit` extrapolates the rare
+  small distances);
+- the radius: the largest whose false neighbours per image at ``--scale`` stay within
+  :data:`FALSE_NEIGHBOUR_BUDGET`, with re-encodes and rescales at recall >= 0.99.
 """
 
 from __future__ import annotations
@@ -32,50 +32,98 @@ from pathlib import Path
 
 import imagehash
 import numpy as np
-from PIL import Image, ImageDraw, ImageEnhance
+from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipelines.features import image_features
 from pipelines.hamming import hamming, self_join
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 FOLDERS = ("dogs", "dogs-large", "null", "dogs-photos", "null-photos", "tiles")
 MAX_RADIUS = 14
-RECALL_TARGET = 0.95
-FALSE_MATCH_LIMIT = 0.001  # share of distinct pairs
-MARGIN_TARGET = 0.99  # the margin: at most 1% misses on each kind that must meet the target
+FALSE_NEIGHBOUR_BUDGET = 0.01  # distinct images an image may wrongly match in a corpus of --scale images
+MARGIN_TARGET = 0.99  # recall every re-encode and rescale must keep at the chosen radius
 CONTACT_SHEET = Path("/tmp/dedup_closest_pairs.png")
 
 
-def _jpeg(im: Image.Image, quality: int) -> Image.Image:
+def _encode(im: Image.Image, fmt: str = "JPEG", **kw) -> bytes:
     buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    return Image.open(io.BytesIO(buf.getvalue())).convert("RGB")
+    im.save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def _jpeg(im: Image.Image, quality: int = 95) -> bytes:
+    return _encode(im, "JPEG", quality=quality)
 
 
 def _half(im: Image.Image) -> Image.Image:
     return im.resize((max(1, im.width // 2), max(1, im.height // 2)), Image.LANCZOS)
 
 
-def _crop(im: Image.Image, share: float = 0.05) -> Image.Image:
+def _crop(im: Image.Image, share: float) -> Image.Image:
     w, h = im.size
     return im.crop((round(w * share), round(h * share), round(w * (1 - share)), round(h * (1 - share))))
 
 
-VARIANTS: dict[str, Callable[[Image.Image], Image.Image]] = {
+def _letterbox(im: Image.Image, bars: str, ratio: float = 16 / 9) -> Image.Image:
+    w, h = im.size
+    size = (round(h * ratio), h) if w / h < ratio else (w, round(w / ratio))
+    if bars == "blurred":
+        frame = im.resize(size).filter(ImageFilter.GaussianBlur(max(size) / 20))
+    else:
+        frame = Image.new("RGB", size, (0, 0, 0))
+    frame.paste(im, ((size[0] - w) // 2, (size[1] - h) // 2))
+    return frame
+
+
+def _caption(im: Image.Image) -> Image.Image:
+    """A stock-photo mark in the bottom-right corner: white text on a dark band, 1/12 of the height."""
+    im = im.copy()
+    w, h = im.size
+    band = max(8, h // 12)
+    draw = ImageDraw.Draw(im)
+    draw.rectangle([w // 2, h - band, w, h], fill=(20, 20, 20))
+    draw.text((w // 2 + 4, h - band + 1), "(c) stockphoto", fill=(255, 255, 255))
+    return im
+
+
+def _exif_rotated(im: Image.Image) -> bytes:
+    """The pixels stored turned a quarter, with the EXIF Orientation (6) that turns them back for display."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return _encode(im.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=95, exif=exif)
+
+
+def _thumbnail(im: Image.Image, side: int = 48) -> Image.Image:
+    t = im.copy()
+    t.thumbnail((side, side), Image.LANCZOS)
+    return t
+
+
+VARIANTS: dict[str, Callable[[Image.Image], bytes]] = {
     "jpeg q30": lambda im: _jpeg(im, 30),
     "jpeg q50": lambda im: _jpeg(im, 50),
-    "downscale 0.5x": lambda im: _half(im),
-    "downscale + q50": lambda im: _jpeg(_half(im), 50),  # a re-hosted thumbnail: the two edits add up
-    "crop 5%": _crop,
-    "brightness +10%": lambda im: ImageEnhance.Brightness(im).enhance(1.1),
+    "PNG": lambda im: _encode(im, "PNG"),
+    "WebP": lambda im: _encode(im, "WEBP", quality=80),
+    "0.5x": lambda im: _jpeg(_half(im)),
+    "0.5x + q50": lambda im: _jpeg(_half(im), 50),  # a re-hosted thumbnail: the two edits add up
+    "2x upscale": lambda im: _jpeg(im.resize((im.width * 2, im.height * 2), Image.BICUBIC)),
+    "thumbnail 48 px": lambda im: _jpeg(_thumbnail(im)),
+    "blur 1 px": lambda im: _jpeg(im.filter(ImageFilter.GaussianBlur(1))),
+    "gamma 0.8": lambda im: _jpeg(im.point(lambda v: round(255 * (v / 255) ** 0.8))),
+    "brightness +10%": lambda im: _jpeg(ImageEnhance.Brightness(im).enhance(1.1)),
+    "grayscale": lambda im: _jpeg(ImageOps.grayscale(im)),
+    "EXIF-rotated": _exif_rotated,
+    "mirrored": lambda im: _jpeg(ImageOps.mirror(im)),
+    "letterbox black": lambda im: _jpeg(_letterbox(im, "black")),
+    "letterbox blurred": lambda im: _jpeg(_letterbox(im, "blurred")),
+    "crop 2%": lambda im: _jpeg(_crop(im, 0.02)),
+    "crop 5%": lambda im: _jpeg(_crop(im, 0.05)),
+    "corner caption": lambda im: _jpeg(_caption(im)),
+    "rotate 3 deg": lambda im: _jpeg(im.rotate(3, Image.BICUBIC, expand=False)),
 }
-HASHES: dict[str, Callable[[Image.Image], imagehash.ImageHash]] = {
-    "phash": imagehash.phash,
-    "dhash": imagehash.dhash,
-    "whash": imagehash.whash,
-}
-MUST_MEET = ("jpeg q30", "jpeg q50", "downscale 0.5x", "downscale + q50")
+MUST_MEET = ("jpeg q30", "jpeg q50", "PNG", "WebP", "0.5x", "0.5x + q50", "2x upscale", "thumbnail 48 px")
 
 
 def to_u64(h: imagehash.ImageHash) -> np.uint64:
@@ -83,11 +131,35 @@ def to_u64(h: imagehash.ImageHash) -> np.uint64:
     return np.frombuffer(np.packbits(h.hash.ravel()).tobytes(), dtype=">u8")[0].astype(np.uint64)
 
 
+def _imagehash(fn: Callable[[Image.Image], imagehash.ImageHash]) -> Callable[[bytes], tuple[int, int]]:
+    """A plain imagehash method: a full decode, no mirror lookup (the second value repeats the first)."""
+
+    def run(data: bytes) -> tuple[int, int]:
+        h = int(to_u64(fn(Image.open(io.BytesIO(data)).convert("RGB"))))
+        return h, h
+
+    return run
+
+
+def _project(data: bytes) -> tuple[int, int]:
+    f = image_features(data)
+    return f.hash, f.hash_mirror
+
+
+METHODS: dict[str, Callable[[bytes], tuple[int, int]]] = {
+    "project": _project,
+    "pHash": _imagehash(imagehash.phash),
+    "dHash": _imagehash(imagehash.dhash),
+    "aHash": _imagehash(imagehash.average_hash),
+    "wHash": _imagehash(imagehash.whash),
+}
+
+
 def hash_image(path: Path) -> np.ndarray:
-    """uint64 hashes, shape (1 + variants, hash kinds): the original first."""
+    """uint64 hashes, shape (1 + variants, methods, 2 = direct and mirror): the original file first."""
     im = Image.open(path).convert("RGB")
-    images = [im] + [make(im) for make in VARIANTS.values()]
-    return np.array([[to_u64(fn(x)) for fn in HASHES.values()] for x in images], dtype=np.uint64)
+    blobs = [path.read_bytes()] + [make(im) for make in VARIANTS.values()]
+    return np.array([[fn(b) for fn in METHODS.values()] for b in blobs], dtype=np.uint64)
 
 
 def list_images() -> list[Path]:
@@ -180,12 +252,6 @@ def throughput(blobs: list[bytes], repeat: int) -> list[tuple[str, float]]:
     return rows
 
 
-def _encode(im: Image.Image, quality: int) -> bytes:
-    buf = io.BytesIO()
-    im.save(buf, "JPEG", quality=quality)
-    return buf.getvalue()
-
-
 def draft_recall(blobs: list[bytes], radius: int) -> dict[str, tuple[float, float]]:
     """Recall at `radius` of JPEG variants when originals and variants are both hashed in full or both in draft.
 
@@ -193,9 +259,9 @@ def draft_recall(blobs: list[bytes], radius: int) -> dict[str, tuple[float, floa
     both sides finds the same near duplicates as full decoding on both sides.
     """
     variants = {
-        "jpeg q30": lambda im: _encode(im, 30),
-        "jpeg q50": lambda im: _encode(im, 50),
-        "downscale + q50": lambda im: _encode(_half(im), 50),
+        "jpeg q30": lambda im: _jpeg(im, 30),
+        "jpeg q50": lambda im: _jpeg(im, 50),
+        "downscale + q50": lambda im: _jpeg(_half(im), 50),
     }
     hashers = {"full": _decode, "draft": lambda b: _draft(b, "L", 64)}
     dist: dict[tuple[str, str], list[int]] = {(v, h): [] for v in variants for h in hashers}
@@ -230,10 +296,12 @@ def _dist_summary(d: np.ndarray) -> str:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def pair_distances(hashes: np.ndarray) -> np.ndarray:
-    """Distances of all distinct pairs i < j (a full popcount matrix: ~8M pairs, 16 MB)."""
-    n = hashes.size
-    return hamming(hashes[:, None], hashes[None, :])[np.triu_indices(n, 1)]
+def pair_distances(direct: np.ndarray, mirror: np.ndarray) -> np.ndarray:
+    """Distance of every distinct pair i < j: the smallest of direct, i's mirror to j, and i to j's mirror."""
+    d = hamming(direct[:, None], direct[None, :])
+    m = hamming(direct[:, None], mirror[None, :])
+    d = np.minimum(d, np.minimum(m, m.T))
+    return d[np.triu_indices(direct.size, 1)]
 
 
 def tail_fit(counts: np.ndarray) -> np.ndarray:
@@ -255,12 +323,21 @@ def tail_fit(counts: np.ndarray) -> np.ndarray:
 
 
 def closest_pairs(
-    paths: list[Path], hashes: np.ndarray, k: int = 40
-) -> tuple[list[tuple[Path, Path, int, float]], tuple[np.ndarray, ...]]:
-    """The k closest distinct originals by pHash, via the index, each with its pixel MAD."""
-    i, j, d = self_join(hashes, MAX_RADIUS)
+    paths: list[Path], direct: np.ndarray, mirror: np.ndarray, k: int = 60
+) -> list[tuple[int, int, int, float]]:
+    """The k closest distinct originals (direct or mirrored), each with its pixel MAD (both ways round)."""
+    i, j, d = self_join(direct, MAX_RADIUS)
     order = np.lexsort((j, i, d))[:k]
-    return [(paths[i[m]], paths[j[m]], int(d[m]), pixel_mad(paths[i[m]], paths[j[m]])) for m in order], (i, j, d)
+    out = []
+    for m in order:
+        a, b = paths[i[m]], paths[j[m]]
+        out.append((int(i[m]), int(j[m]), int(d[m]), pixel_mad(a, b)))
+    return out
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "| --- |" + " ---: |" * (len(head) - 1)]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
 
 
 def main() -> None:
@@ -269,118 +346,117 @@ def main() -> None:
     parser.add_argument("--cache", type=Path, help="npz of hashes to reuse between runs (written if absent)")
     parser.add_argument("--repeat", type=int, default=5, help="passes over the tiles for throughput (best counts)")
     parser.add_argument("--scale", type=int, default=1_000_000, help="corpus size for false neighbours per image")
+    parser.add_argument("--sample", type=int, help="only about this many originals, evenly spread (a quick look)")
     args = parser.parse_args()
     if not FIXTURES.is_dir():
         sys.exit(f"fixtures not found at {FIXTURES}")
 
     paths = list_images()
+    if args.sample:
+        paths = paths[:: max(1, len(paths) // args.sample)]
     t0 = time.perf_counter()
     if args.cache and args.cache.exists():
         all_hashes = np.load(args.cache)["hashes"]
     else:
         with mp.get_context("spawn").Pool(args.processes) as pool:
-            all_hashes = np.stack(pool.map(hash_image, paths, chunksize=16))
+            all_hashes = np.stack(pool.map(hash_image, paths, chunksize=8))
         if args.cache:
             np.savez(args.cache, hashes=all_hashes)
     n = len(paths)
     n_pairs = n * (n - 1) // 2
     folders = np.array([p.parent.name for p in paths])
-    print(f"{n} originals x {len(VARIANTS)} variants x {len(HASHES)} hashes in {time.perf_counter() - t0:.0f} s;")
+    print(f"{n} originals x {len(VARIANTS)} copies x {len(METHODS)} methods in {time.perf_counter() - t0:.0f} s;")
     print("per folder: " + ", ".join(f"{d} {(folders == d).sum()}" for d in FOLDERS))
 
     radii = np.arange(MAX_RADIUS + 1)
     recall: dict[str, dict[str, np.ndarray]] = {}
     counts: dict[str, np.ndarray] = {}
     var_dist: dict[str, dict[str, np.ndarray]] = {}
-    for k, hname in enumerate(HASHES):
-        orig = all_hashes[:, 0, k]
-        var_dist[hname] = {v: hamming(orig, all_hashes[:, 1 + j, k]) for j, v in enumerate(VARIANTS)}
-        recall[hname] = {v: (d[:, None] <= radii[None, :]).mean(axis=0) for v, d in var_dist[hname].items()}
-        counts[hname] = np.bincount(pair_distances(orig), minlength=65)
-    false_rate = {h: np.cumsum(c)[: MAX_RADIUS + 1] / n_pairs for h, c in counts.items()}
-    phash = all_hashes[:, 0, 0]
-    even = (np.bitwise_count(phash) == 32).mean()
-    print(f"pHash: {even:.1%} of hashes have exactly 32 bits set (median threshold), so pHash distances are even.")
+    for k, method in enumerate(METHODS):
+        orig = all_hashes[:, 0, k, 0]
+        var_dist[method] = {
+            v: np.minimum(hamming(orig, all_hashes[:, 1 + j, k, 0]), hamming(orig, all_hashes[:, 1 + j, k, 1]))
+            for j, v in enumerate(VARIANTS)
+        }
+        recall[method] = {v: (d[:, None] <= radii[None, :]).mean(axis=0) for v, d in var_dist[method].items()}
+        counts[method] = np.bincount(pair_distances(orig, all_hashes[:, 0, k, 1]), minlength=65)
 
-    # The closest distinct originals: the same picture twice, or hash collisions?
-    checked, (pi, _, _) = closest_pairs(paths, phash)
-    assert pi.size == counts["phash"][: MAX_RADIUS + 1].sum()  # the index finds exactly what the full matrix has
-    contact_sheet(checked[:8], CONTACT_SHEET)
-    same = [(a, b, d) for a, b, d, mad in checked if mad < 8]
-    print(f"\n## Closest distinct originals by pHash ({CONTACT_SHEET} shows the first 8)\n")
+    # The closest distinct originals: the same picture twice (not a false match), or collisions?
+    project = all_hashes[:, 0, 0, 0]
+    checked = closest_pairs(paths, project, all_hashes[:, 0, 0, 1])
+    same = {(i, j) for i, j, _, mad in checked if mad < 8}
+    print(f"\n## Closest distinct originals by the project's hash ({CONTACT_SHEET} shows the first 8)\n")
     print("MAD: mean absolute difference at 64x64 grey, 0-255; under 8 means the same picture.\n")
-    print("| # | pHash | dHash | wHash | MAD | image a | image b |")
-    print("| ---: | ---: | ---: | ---: | ---: | --- | --- |")
-    row = {p: k for k, p in enumerate(paths)}
-    for k, (a, b, d, mad) in enumerate(checked[:12]):
-        dh, wh = (int(hamming(all_hashes[row[a], 0, h], all_hashes[row[b], 0, h])) for h in (1, 2))
-        print(f"| {k + 1} | {d} | {dh} | {wh} | {mad:.1f} | {a.parent.name}/{a.name} | {b.parent.name}/{b.name} |")
-    same_at = np.bincount(np.array([d for _, _, d in same], dtype=np.int64), minlength=65)
-    genuine = np.cumsum(same_at)[: MAX_RADIUS + 1]
-    print(f"\nSame picture (MAD < 8) among the {len(checked)} closest pairs: {len(same)}, all other pairs differ.")
-
-    print("\n## Distances between distinct originals (number of pairs)\n")
-    shown = range(0, 21)
-    print("| hash | " + " | ".join(str(d) for d in shown) + " |")
-    print("| --- |" + " ---: |" * len(shown))
-    for hname, c in counts.items():
-        print(f"| {hname} | " + " | ".join(f"{c[d]:,}" for d in shown) + " |")
-
-    est = np.cumsum(tail_fit(counts["phash"] - same_at))[: MAX_RADIUS + 1]
-    print(f"\n## pHash: recall per variant, and false matches among {n_pairs:,} distinct pairs, by radius\n")
+    if checked:
+        contact_sheet([(paths[i], paths[j], d, mad) for i, j, d, mad in checked[:8]], CONTACT_SHEET)
     print(
-        f"False neighbours per image at {args.scale:,} images: (pairs within r that are not the same picture)"
-        f" / {n_pairs:,} x {args.scale:,}, with the counts below 12 bits extrapolated (see tail_fit).\n"
+        _table(
+            ["#", "distance", "MAD", "image a", "image b"],
+            [
+                [
+                    str(x + 1),
+                    str(d),
+                    f"{mad:.1f}",
+                    f"{paths[i].parent.name}/{paths[i].name}",
+                    f"{paths[j].parent.name}/{paths[j].name}",
+                ]
+                for x, (i, j, d, mad) in enumerate(checked[:12])
+            ],
+        )
     )
-    head = " | ".join(VARIANTS)
-    print(f"| radius | {head} | false matches | share of pairs | not same picture | false neighbours per image |")
-    print("| ---: |" + " ---: |" * (len(VARIANTS) + 4))
-    for r in radii:
-        cells = " | ".join(f"{recall['phash'][v][r]:.3f}" for v in VARIANTS)
-        fm = round(false_rate["phash"][r] * n_pairs)
-        per_image = est[r] / n_pairs * args.scale
-        print(f"| {r} | {cells} | {fm:,} | {fm / n_pairs:.5%} | {fm - genuine[r]:,} | {per_image:.2g} |")
-
-    def meets(hname: str, target: float) -> list[int]:
-        return [
-            int(r)
-            for r in radii
-            if all(recall[hname][v][r] >= target for v in MUST_MEET) and false_rate[hname][r] < FALSE_MATCH_LIMIT
-        ]
-
-    rule, margin = meets("phash", RECALL_TARGET), meets("phash", MARGIN_TARGET)
-    chosen = margin[0] if margin else None
     print(
-        f"\nSmallest pHash radius with recall >= {RECALL_TARGET} on {', '.join(MUST_MEET)} and false matches"
-        f" < {FALSE_MATCH_LIMIT:.1%} of pairs: {rule[0] if rule else None}; with margin (recall >= {MARGIN_TARGET}"
-        f" on each): **{chosen}**."
+        f"\nSame picture (MAD < 8) among the {len(checked)} closest pairs: {len(same)}; not counted as false matches."
     )
 
-    for show in sorted({chosen, 8, 10} - {None}):
-        print(f"\n## Hashes compared at radius {show}\n")
-        print(f"| hash | {head} | false matches |")
-        print("| --- |" + " ---: |" * (len(VARIANTS) + 1))
-        for hname in HASHES:
-            cells = " | ".join(f"{recall[hname][v][show]:.3f}" for v in VARIANTS)
-            fm = round(false_rate[hname][show] * n_pairs)
-            print(f"| {hname} | {cells} | {fm:,} ({fm / n_pairs:.4%}) |")
-    print(f"\n## Smallest radius per hash with recall >= {MARGIN_TARGET} on {', '.join(MUST_MEET)}\n")
-    print("| hash | radius | false matches there | crop 5% recall there | brightness +10% recall there |")
-    print("| --- | ---: | ---: | ---: | ---: |")
-    for hname in HASHES:
-        ok = [r for r in radii if all(recall[hname][v][r] >= MARGIN_TARGET for v in MUST_MEET)]
-        if ok:
-            r = int(ok[0])
-            fm = round(false_rate[hname][r] * n_pairs)
-            print(
-                f"| {hname} | {r} | {fm:,} ({fm / n_pairs:.4%}) | {recall[hname]['crop 5%'][r]:.3f} |"
-                f" {recall[hname]['brightness +10%'][r]:.3f} |"
+    # False neighbours per image at --scale, per method: distinct pairs within r minus the same-picture ones.
+    est: dict[str, np.ndarray] = {}
+    for k, method in enumerate(METHODS):
+        direct, mirror = all_hashes[:, 0, k, 0], all_hashes[:, 0, k, 1]
+        genuine = np.zeros(65, np.int64)
+        for i, j in same:
+            d = min(
+                int(hamming(direct[i], direct[j])),
+                int(hamming(direct[i], mirror[j])),
+                int(hamming(mirror[i], direct[j])),
             )
-        else:
-            print(f"| {hname} | > {MAX_RADIUS} | - | - | - |")
+            genuine[d] += 1
+        est[method] = np.cumsum(tail_fit(counts[method] - genuine))[: MAX_RADIUS + 1] / n_pairs * args.scale
+
+    shown = [0, 2, 4, 6, 8, 10, 12, 14]
+    print(f"\n## False neighbours per image at {args.scale:,} images, by method and radius\n")
+    print(f"Distinct pairs within r (same pictures excluded) / {n_pairs:,} x {args.scale:,}; rare small distances")
+    print("extrapolated (tail_fit). Observed pairs in brackets.\n")
+    rows = []
+    for method in METHODS:
+        observed = np.cumsum(counts[method])
+        rows.append([method] + [f"{est[method][r]:.2g} ({observed[r]:,})" for r in shown])
+    print(_table(["method"] + [f"r={r}" for r in shown], rows))
+
+    # The radius for the project: as large as the false-neighbour budget allows, re-encodes kept.
+    ok = [
+        int(r)
+        for r in radii
+        if est["project"][r] <= FALSE_NEIGHBOUR_BUDGET
+        and all(recall["project"][v][r] >= MARGIN_TARGET for v in MUST_MEET)
+    ]
+    chosen = max(ok) if ok else None
+    print(
+        f"\nLargest radius of the project's method with at most {FALSE_NEIGHBOUR_BUDGET} false neighbours per image at"
+        f" {args.scale:,} and recall >= {MARGIN_TARGET} on {', '.join(MUST_MEET)}: **{chosen}**."
+    )
+    compare = sorted({4, 8} | ({chosen} if chosen is not None else set()))
+    print(f"\n## Recall of each copy, by method, at radius {' and '.join(map(str, compare))}\n")
+    head = ["copy"] + [f"{m} r={r}" for m in METHODS for r in compare]
+    rows = [[v] + [f"{recall[m][v][r]:.3f}" for m in METHODS for r in compare] for v in VARIANTS]
+    rows.append(["false neighbours/image at 1M"] + [f"{est[m][r]:.2g}" for m in METHODS for r in compare])
+    print(_table(head, rows))
+    print("\n## The project's method by radius: recall of each copy\n")
+    rows = [[v] + [f"{recall['project'][v][r]:.3f}" for r in shown] for v in VARIANTS]
+    rows.append(["false neighbours/image at 1M"] + [f"{est['project'][r]:.2g}" for r in shown])
+    print(_table(["copy"] + [f"r={r}" for r in shown], rows))
     if chosen is not None:
-        print(f"\npHash misses at radius {chosen}, by folder (variants farther than the radius from their original):")
-        for v, d in var_dist["phash"].items():
+        print(f"\nMisses of the project's method at radius {chosen}, by folder:")
+        for v, d in var_dist["project"].items():
             miss = d > chosen
             where = ", ".join(f"{f} {(folders[miss] == f).sum()}" for f in FOLDERS if (folders[miss] == f).any())
             print(f"- {v}: {miss.sum()} ({where or 'none'})")

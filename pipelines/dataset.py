@@ -69,7 +69,7 @@ class DatasetSettings:
         """What the index records: everything that changes the pixels or the split."""
         out = {k: v for k, v in asdict(self).items() if k not in ("workers", "shard_max_count", "shard_max_bytes")}
         out["classes"] = list(self.classes)
-        out["steps"] = ["exif_transpose", "rgb_on_white", "centre_crop_square", "lanczos_resize"]
+        out["steps"] = ["exif_transpose", "trim_letterbox", "rgb_on_white", "centre_crop_square", "lanczos_resize"]
         return out
 
 
@@ -81,11 +81,21 @@ def shuffle_key(key: str, seed: int) -> str:
     return hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()
 
 
-def preprocess(data: bytes, resolution: int, image_format: str = "jpg", jpeg_quality: int = 95) -> bytes:
-    """EXIF orientation, RGB (transparency onto white), centre square crop, LANCZOS resize, encode."""
+def preprocess(
+    data: bytes,
+    resolution: int,
+    image_format: str = "jpg",
+    jpeg_quality: int = 95,
+    box: Sequence[float] | None = None,
+) -> bytes:
+    """EXIF orientation, the picture inside its letterbox bars (``box``: shares of the image, from curation),
+    RGB (transparency onto white), centre square crop, LANCZOS resize, encode."""
     with Image.open(io.BytesIO(data)) as img:
         img.draft("RGB", (2 * resolution, 2 * resolution))  # JPEG: decode at >= 2x the target, much cheaper
         img = ImageOps.exif_transpose(img)
+        if box is not None:
+            w, h = img.size
+            img = img.crop((round(box[0] * w), round(box[1] * h), round(box[2] * w), round(box[3] * h)))
         if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
             rgba = img.convert("RGBA")
             img = Image.new("RGB", rgba.size, (255, 255, 255))
@@ -122,7 +132,7 @@ def _samples(storage: Storage, rows: Sequence[dict], s: DatasetSettings, log: Ca
         return {
             "__key__": r["sha256"],
             s.image_format: preprocess(
-                storage.get_bytes(r["storage_key"]), s.resolution, s.image_format, s.jpeg_quality
+                storage.get_bytes(r["storage_key"]), s.resolution, s.image_format, s.jpeg_quality, r.get("box")
             ),
             "cls": s.classes.index(r["class"]),
             "json": {

@@ -141,12 +141,6 @@ def _file_kind(mode: int) -> str:
     return next((name for test, name in kinds.items() if test(mode)), "not a regular file")
 
 
-def check_image(data: bytes, min_side: int, max_pixels: int) -> tuple[ImageInfo, str]:
-    """Decode ``data`` to validate it (raises :class:`ImageRejected`) and hash it: the CPU-bound part of a fetch."""
-    info = validate_image(data, min_side=min_side, max_pixels=max_pixels)
-    return info, hashlib.sha256(data).hexdigest()
-
-
 class Fetcher:
     """Thread-safe: one instance is shared by all download threads of a process.
 
@@ -186,11 +180,15 @@ class Fetcher:
         try:
             data = self._download(url, result, allow_local)
             result.bytes = len(data)
-            info, result.sha256 = check_image(data, self.settings.min_side, self.settings.max_pixels)
-            result.width, result.height, result.mode, result.format = info.width, info.height, info.mode, info.format
-            result.storage_key = content_key(result.sha256, info.ext)
-            if result.sha256 not in known_hashes and not self.storage.exists(result.storage_key):
-                self.storage.put_bytes(result.storage_key, data)
+            try:
+                info = validate_image(data, min_side=self.settings.min_side, max_pixels=self.settings.max_pixels)
+            except ImageRejected as e:
+                if e.info is None:
+                    raise
+                # A thumbnail: not for training, but kept so curation can link it to the picture it shows.
+                result.status, result.reason = e.status, e.reason
+                info = e.info
+            self._store(data, info, result, known_hashes)
         except _Failed as e:
             result.status, result.reason, result.retryable = e.status, e.reason, e.retryable
             result.http_status = e.http_status or result.http_status
@@ -198,6 +196,15 @@ class Fetcher:
             result.status, result.reason = e.status, e.reason
         result.elapsed_ms = (time.perf_counter() - t0) * 1000
         return result
+
+    def _store(
+        self, data: bytes, info: ImageInfo, result: FetchResult, known_hashes: frozenset[str] | set[str]
+    ) -> None:
+        result.sha256 = hashlib.sha256(data).hexdigest()
+        result.width, result.height, result.mode, result.format = info.width, info.height, info.mode, info.format
+        result.storage_key = content_key(result.sha256, info.ext)
+        if result.sha256 not in known_hashes and not self.storage.exists(result.storage_key):
+            self.storage.put_bytes(result.storage_key, data)
 
     def _download(self, url: str, result: FetchResult, allow_local: bool) -> bytes:
         if allow_local and url[:5].lower() == "file:":  # only as given: a redirect never reaches the local disk

@@ -31,12 +31,14 @@ class ImageInfo:
 
 
 class ImageRejected(Exception):
-    """Bytes that are not an acceptable image. ``status`` is a manifest status."""
+    """Bytes that are not an acceptable image. ``status`` is a manifest status; ``info`` is set when the bytes are
+    a valid image all the same (a thumbnail below ``min_side``)."""
 
-    def __init__(self, status: str, reason: str) -> None:
+    def __init__(self, status: str, reason: str, info: ImageInfo | None = None) -> None:
         super().__init__(f"{status}: {reason}")
         self.status = status
         self.reason = reason
+        self.info = info
 
 
 def _looks_like_text(head: bytes) -> str | None:
@@ -92,9 +94,10 @@ def validate_image(data: bytes, *, min_side: int = 64, max_pixels: int = 50_000_
             raise ImageRejected(status, f"cannot decode {fmt}: {msg}") from e
         if frames > 1:
             raise ImageRejected("unsupported", f"animated {fmt} with {frames} frames; only still images are used")
+        info = ImageInfo(width=width, height=height, mode=img.mode, format=fmt)
         if min(width, height) < min_side:
-            raise ImageRejected("too_small", f"{width}x{height} is below min_side={min_side}")
-        return ImageInfo(width=width, height=height, mode=img.mode, format=fmt)
+            raise ImageRejected("too_small", f"{width}x{height} is below min_side={min_side}", info)
+        return info
 
 
 def _describe(e: Exception) -> str:

@@ -173,11 +173,11 @@ def test_incremental_equals_full_recompute(planted, tmp_path):
 
 def test_backfill_of_an_earlier_day_and_new_settings_start_over(planted, tmp_path):
     first = curate(planted, CurateSettings(workers=2))
-    ingest_folder(planted, tmp_path, "dogs", DAY0, {"early.jpg": encode(photo("dog/a"), quality=80)})
+    ingest_folder(planted, tmp_path, "dogs", DAY0, {"early.jpg": encode(photo("dog/a"), quality=95)})
     report = curate(planted, CurateSettings(workers=2))
     assert report.mode.startswith("full: an earlier partition") and report.hashed == 1
     d = by_name(planted)
-    assert d["early.jpg@dogs"]["decision"] == "accept"  # day 0 comes first: it is the original now
+    assert d["early.jpg@dogs"]["decision"] == "accept"  # day 0 comes first (and is no worse)
     assert d["a.jpg@dogs"]["reason"] == "near_duplicate"
     strict = curate(planted, CurateSettings(workers=2, radius=0, min_texture=0.0))
     assert strict.mode == "full: settings changed" and strict.hashed == 0 and strict.version != first.version

@@ -50,6 +50,8 @@ def test_curate_and_shard_with_lineage_and_checks(tmp_path, ingested, instance):
     assert cur.metadata["mode"].value == "full: first run"
     assert cur.metadata["near_duplicate_pairs"].value.startswith("![preview](data:image/png;base64,")
     assert cur.metadata["hashed_this_run"].value == sum(counts.values()) - 1  # the dog in null: same bytes, hashed once
+    copies = ("mirrored_duplicates", "letterboxed", "thumbnails_linked", "pixel_compared_this_run")
+    assert all(isinstance(cur.metadata[k].value, int) for k in copies)
     [shards] = result.asset_materializations_for_node("webdataset_shards")
     md = shards.metadata
     assert md["samples"].value == counts["accept"]

@@ -153,7 +153,6 @@ FAILURES = [
     pytest.param("/fault/huge-nolength", "too_large", False, 200, r"body exceeds max_bytes", 1, id="huge-nolength"),
     pytest.param("/fault/gzip-bomb", "too_large", False, 200, r"body exceeds max_bytes", 1, id="gzip-bomb"),
     pytest.param("/fault/animated.gif", "unsupported", False, 200, r"animated GIF with 4 frames", 1, id="animated"),
-    pytest.param("/fault/small.jpg", "too_small", False, 200, r"16x16 is below min_side=64", 1, id="too-small"),
 ]
 
 
@@ -175,6 +174,17 @@ def test_failure_is_one_row_and_stores_nothing(
     assert fakeweb.hits(path) == attempts
     assert elapsed < 2.5, f"{path} took {elapsed:.2f}s"
     assert 0 < result.elapsed_ms < 2500
+
+
+def test_thumbnail_is_refused_but_kept_for_its_links(fakeweb: FakeWeb, make_fetcher: MakeFetcher, store: LocalStorage):
+    """An image below min_side is not for training (too_small), but its bytes are stored under their sha256 so
+    curation can name the picture it is a thumbnail of."""
+    result = make_fetcher().fetch(fakeweb.url("/fault/small.jpg"))
+    assert (result.status, result.retryable, result.http_status) == ("too_small", False, 200)
+    assert re.search(r"16x16 is below min_side=64", result.reason)
+    assert (result.width, result.height, result.format) == (16, 16, "JPEG")
+    assert result.storage_key == content_key(result.sha256, "jpg")
+    assert hashlib.sha256(store.get_bytes(result.storage_key)).hexdigest() == result.sha256
 
 
 @pytest.mark.parametrize("respect_robots", [True, False], ids=["robots", "no-robots"])

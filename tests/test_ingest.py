@@ -143,7 +143,7 @@ MIXED = {
 
 
 def test_one_manifest_row_per_attempted_url(storage: Storage, fakeweb: FakeWeb, tmp_path: Path) -> None:
-    """Every URL is accounted for with the right status; only valid images are stored, by sha256."""
+    """Every URL is accounted for with the right status; only valid images (and thumbnails) are stored, by sha256."""
     fakeweb.robots_txt = "User-agent: *\nDisallow: /private/\n"
     rep = _ingest(storage, [(_url_list(tmp_path, fakeweb, list(MIXED)), 100)])
 
@@ -161,7 +161,8 @@ def test_one_manifest_row_per_attempted_url(storage: Storage, fakeweb: FakeWeb, 
         sha = hashlib.sha256(data).hexdigest()
         assert ok[path]["sha256"] == sha and ok[path]["storage_key"] == content_key(sha, path.rsplit(".", 1)[1])
         assert storage.get_bytes(ok[path]["storage_key"]) == data
-    assert sorted(storage.list("raw/images/")) == sorted(r["storage_key"] for r in ok.values())
+    kept = [r["storage_key"] for r in rows if r["status"] in ("ok", "too_small")]  # a thumbnail is kept for curation
+    assert sorted(storage.list("raw/images/")) == sorted(kept) and len(kept) == 3
     _assert_store_consistent(storage, rows)
 
 
