@@ -9,7 +9,9 @@ Run by hand, with nothing else running (the comparison is by wall clock)::
 Every variant trains for ``--minutes`` of wall-clock time (default 10) with 2 torch threads, on the same 32 px
 training set: the curated fixture dogs (``fixture_data.py``: the pipeline's ingest, curation and dataset
 builder) minus every image the metric holds out, so no GAN sees the real dogs it is compared with (checked
-on the built dataset). Variants:
+on the built dataset). The curation is pinned (``--pin``, in ``benchmarks/out/``): the first run stores the
+accepted rows and later runs train on exactly those, so a change to the curation logic does not void hours
+of stored runs (the log says what today's curation would change; delete the pin to adopt it). Variants:
 
 - ``tutorial``: the PyTorch DCGAN tutorial's loop written plainly below (its Generator and Discriminator
   with one block dropped for 32 px, sigmoid + BCELoss with real label 1 and fake label 0, Adam 2e-4
@@ -21,7 +23,10 @@ on the built dataset). Variants:
   everything else kept, trained on dogs (a recipe made for other classes keeps its hyperparameters); a
   class-conditional recipe keeps its classes (dogs, not-dogs and tiles are all in the dataset) and only
   its dog label is sampled and scored; one whose labels come from a metadata field of the dogs
-  (``label_field``) is sampled over all its labels.
+  (``label_field``) is sampled over all its labels; a recipe whose 32 px settings equal an earlier one's
+  (``satellite`` is ``dogs`` for another class) is that row;
+- ``dogs+<option>``: ``recipe:dogs`` with one modern option (:data:`ON_DOGS`: the ResNet nets, ADA in place
+  of DiffAugment, lazy R1), which decides whether it becomes the recipe's default.
 
 Each run is its own subprocess (``--run SPEC``), one at a time, so runs share no state and never compete
 for the cores. The clock starts before the first step (the loader's start-up counts, the same for all).
@@ -72,6 +77,7 @@ from pipelines.storage import open_storage
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).resolve().parent / "out" / "gan_quality"
 GRIDS = Path(__file__).resolve().parent / "quality" / "gan"
+PIN = OUT.parent / "gan_quality_curation.parquet"
 EXPERIMENTS = ROOT / "config" / "experiments.yaml"
 RESOLUTION = 32
 CLASSES = ("dogs", "null", "satellite")  # the pipeline's class names, in its order
@@ -92,6 +98,13 @@ TRICKS: dict[str, dict[str, Any]] = {
     "resnet": {"net": {"arch": "resnet", "width": 32}},  # ganmodels/resnets.py: half DCGAN's width on a CPU
     "ada": {"ada_target": 0.6},  # Karras et al. 2020's target
     "r1": {"r1_gamma": 0.01},  # StyleGAN2-ADA's gamma for CIFAR-10 (32 px)
+}
+# The modern options on top of the shipped dogs recipe, which decide whether they become its defaults:
+# name -> overrides of recipe:dogs (ADA replaces DiffAugment: the two are alternatives).
+ON_DOGS: dict[str, dict[str, Any]] = {
+    "dogs+resnet": {"net": {"arch": "resnet"}},  # the recipe's width 32
+    "dogs+ada": {"diffaugment": "", "ada_target": 0.6},
+    "dogs+r1": {"r1_gamma": 0.01},
 }
 # What every Trainer run gets: no checkpoints, frames or TensorBoard steps inside the timed loop.
 HARNESS = {"steps": 10**9, "checkpoint_every": 10**9, "keep_checkpoints": 1, "frame_every": 0, "log_every": 10**9}
@@ -278,6 +291,7 @@ def variants(dog: str = "dogs") -> list[Variant]:
     for name, overrides in TRICKS.items():
         note = json.dumps(overrides) if overrides else "TrainConfig defaults: bce, no tricks, batch 64, width 64"
         out.append(_variant(name, _merge(base, overrides), note))
+    recipes: dict[str, Variant] = {}
     for name, recipe in (yaml.safe_load(EXPERIMENTS.read_text()) or {}).items():
         config = _merge(recipe, {"net": {"resolution": RESOLUTION}})
         if config.get("label_field"):
@@ -287,7 +301,16 @@ def variants(dog: str = "dogs") -> list[Variant]:
         else:
             config["classes"] = [dog]
             note = f"trained on {dog}"
-        out.append(_variant(f"recipe:{name}", config, f"config/experiments.yaml {name}, 32 px, {note}"))
+        same = next((k for k, v in recipes.items() if v.config == config), None)
+        if same is not None:  # e.g. satellite: the dogs settings, and both are trained on dogs here
+            recipes[same] = dataclasses.replace(recipes[same], note=f"{recipes[same].note}; also {name}: same settings")
+            continue
+        recipes[name] = _variant(f"recipe:{name}", config, f"config/experiments.yaml {name}, 32 px, {note}")
+    out += recipes.values()
+    if "dogs" in recipes:
+        for name, overrides in ON_DOGS.items():
+            config = _merge(recipes["dogs"].config, overrides)
+            out.append(_variant(name, config, f"recipe:dogs + {json.dumps(overrides)}"))
     return out
 
 
@@ -547,6 +570,12 @@ def main() -> None:
     ap.add_argument("--list", action="store_true", help="list the variants and exit")
     ap.add_argument("--out", type=Path, default=OUT, help="run JSONs, logs, results.md, summary.json")
     ap.add_argument("--grids", type=Path, default=GRIDS, help="sample grids, one PNG per variant")
+    ap.add_argument(
+        "--pin",
+        type=Path,
+        default=PIN,
+        help="accepted fixture rows the runs train on: written on first use, so later curation changes keep the runs",
+    )
     ap.add_argument("--run", type=Path, help=argparse.SUPPRESS)  # internal: one run, in this process
     args = ap.parse_args()
     if args.last < 1 or args.spacing <= 0 or args.spacing * (args.last - 1) >= 1:
@@ -579,7 +608,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="bench-gan-quality-") as tmp:
         folders = {"dogs": DOG_FOLDERS, "null": NULL_FOLDERS, "satellite": TILE_FOLDERS}
-        curated = curate_fixtures(Path(tmp), folders)
+        curated = curate_fixtures(Path(tmp), folders, pin=args.pin)
+        print(curated.pinned)
         metric_settings = MetricSettings()
         metric = load_metric(metric_settings, data=metric_data(curated, metric_settings))
         dataset = write_dataset(curated, CLASSES, RESOLUTION, exclude=metric.heldout_keys)

@@ -7,17 +7,24 @@ repeated key. So every benchmark dataset takes the pipeline's path: ``ingest_par
 with the pipeline's default settings (exact, pixel and perceptual duplicates, label conflicts across
 classes, quality filters), then ``build_dataset`` on the accepted rows, all in a storage root the
 caller owns (a temp dir). Fixture files are read in place, never copied into the repository.
+
+A benchmark whose results are hours of compute pins its curation (``pin=``): the first run writes
+the accepted rows to a parquet file, and later runs train on exactly those rows even after the
+curation logic changes, so that a better dedup does not silently void every stored run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
+from collections import Counter
 from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import date
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 from PIL import Image
 
 from pipelines.curate import CurateSettings, curate, read_decisions
@@ -43,6 +50,7 @@ class Curated:
     accepted: list[dict]
     decisions: dict[str, dict[str, int]]  # class -> "accept" or reject reason -> count
     ingested: int  # image files read from the folders
+    pinned: str = ""  # when the accepted rows came from a pin file: what differs from today's curation
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +83,13 @@ def curate_fixtures(
     folders: Mapping[str, Sequence[str]],
     *,
     synthetic: int = 0,
+    pin: Path | None = None,
     log: Callable[[str], None] = lambda _msg: None,
 ) -> Curated:
     """Ingest ``{class: fixture folders}`` into a fresh local store under ``root`` and curate it.
 
     A missing folder is an error unless ``synthetic`` > 0, in which case that many random images
-    (written under ``root``, outside the store) stand in for it.
+    (written under ``root``, outside the store) stand in for it. With ``pin``, see :func:`_pinned`.
     """
     storage = LocalStorage(root / "store", fsync=False)
     fetcher = Fetcher(storage, FetchSettings(http=HttpSettings(retries=1), per_host_concurrency=8, per_host_rate=0))
@@ -101,7 +110,37 @@ def curate_fixtures(
     priority = tuple(c for c in default if c in folders) + tuple(c for c in folders if c not in default)
     report = curate(storage, CurateSettings(class_priority=priority, workers=2), log=log)
     accepted = [r for r in read_decisions(storage) if r["decision"] == "accept"]
-    return Curated(storage=storage, accepted=accepted, decisions=report.counts, ingested=ingested)
+    if pin is None:
+        return Curated(storage=storage, accepted=accepted, decisions=report.counts, ingested=ingested)
+    pinned, note = _pinned(pin, storage, accepted)
+    decisions = {c: {"accept": n} for c, n in sorted(Counter(r["class"] for r in pinned).items())}
+    return Curated(storage=storage, accepted=pinned, decisions=decisions, ingested=ingested, pinned=note)
+
+
+def _pinned(pin: Path, storage: Storage, accepted: list[dict]) -> tuple[list[dict], str]:
+    """The accepted rows stored in ``pin`` (written from ``accepted`` on first use), and how today's differ.
+
+    Every pinned image must still be in the store (the fixtures are read again on each run): a pin
+    whose images are gone is an error, not a smaller training set.
+    """
+    if not pin.exists():
+        pin.parent.mkdir(parents=True, exist_ok=True)
+        tmp = pin.with_suffix(".tmp")
+        pq.write_table(pa.Table.from_pylist(accepted), tmp)
+        tmp.replace(pin)
+        return accepted, f"curation pinned to {pin} ({len(accepted)} accepted images)"
+    pinned = pq.read_table(pin).to_pylist()
+    missing = [r["sha256"] for r in pinned if not storage.exists(r["storage_key"])]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} pinned images are not in the fixtures any more, e.g. {missing[0]}; "
+            f"delete {pin} to curate again"
+        )
+    now, then = {r["sha256"] for r in accepted}, {r["sha256"] for r in pinned}
+    note = f"curation pinned by {pin}: {len(pinned)} images"
+    if now != then:
+        note += f" (today's curation would add {len(now - then)} and drop {len(then - now)}; delete the pin to use it)"
+    return pinned, note
 
 
 def write_dataset(
