@@ -23,11 +23,12 @@ from datetime import date
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from pipelines.curate import CurateSettings, curate, read_decisions
+from pipelines import manifest as mf
+from pipelines.curate import DECISIONS_KEY, CurateSettings, curate, read_decisions
 from pipelines.dataset import DatasetSettings, build_dataset
 from pipelines.fetch import Fetcher, FetchSettings
 from pipelines.httpclient import HttpSettings
@@ -126,7 +127,8 @@ def _pinned(pin: Path, storage: Storage, accepted: list[dict]) -> tuple[list[dic
     if not pin.exists():
         pin.parent.mkdir(parents=True, exist_ok=True)
         tmp = pin.with_suffix(".tmp")
-        pq.write_table(pa.Table.from_pylist(accepted), tmp)
+        table = mf.read_table(storage, DECISIONS_KEY)  # its schema: hashes are unsigned 64-bit
+        pq.write_table(table.filter(pc.equal(table["decision"], "accept")), tmp)
         tmp.replace(pin)
         return accepted, f"curation pinned to {pin} ({len(accepted)} accepted images)"
     pinned = pq.read_table(pin).to_pylist()
