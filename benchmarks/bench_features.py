@@ -2,10 +2,13 @@
 
 Run by hand, with nothing else running: ``python benchmarks/bench_features.py [--imagededup-python PY]``.
 
-The images are the real 128x128 JPEGs of ../shared/fixtures (``dogs``, ``null``, ``dogs-large``: 3,000
-photos, never copied into the project), written once to a temporary folder that serves as the storage
-(as the ingest stores them) and as the folder imagededup reads, ``--copies`` times under other names (so
-that the worker processes' start-up, about half a second, weighs as little as in a real curation).
+The images are real JPEGs of ../shared/fixtures, never copied into the project: with ``--set thumbnails``
+(the default) the 128x128 ones of ``dogs``, ``null`` and ``dogs-large`` (3,000 photos); with ``--set photos``
+the photos at their published sizes in ``dogs-photos`` and ``null-photos`` (about 500, median 400x375, up
+to 2400x1600: what the Dog CEO API and photo sites serve, where a draft decode saves most). They are
+written once to a temporary folder that serves as the storage (as the ingest stores them) and as the folder
+imagededup reads, ``--copies`` times under other names (so that the worker processes' start-up, about half
+a second, weighs as little as in a real curation).
 Contenders, in alternating rounds, the best round of each counting:
 
 - ``imagehash alone``: ``imagehash.phash(Image.open(path))`` over the files in one process: what a user's
@@ -41,7 +44,10 @@ from pipelines.procmap import available_cores
 from pipelines.storage import LocalStorage
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-FOLDERS = ("dogs", "null", "dogs-large")
+SETS = {  # name -> (fixture folders, what they are)
+    "thumbnails": (("dogs", "null", "dogs-large"), "real 128x128 JPEGs"),
+    "photos": (("dogs-photos", "null-photos"), "real photos at their published sizes (median 400x375)"),
+}
 IMAGEDEDUP = """
 import sys, time
 from imagededup.methods import PHash
@@ -93,24 +99,26 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds; the best of each contender counts")
     ap.add_argument("--imagededup-python", help="a python with imagededup installed (a separate virtualenv)")
     ap.add_argument("--copies", type=int, default=4, help="each image this many times, under other names: a longer run")
+    ap.add_argument("--set", choices=sorted(SETS), default="thumbnails", help="which fixture images (see above)")
     args = ap.parse_args()
     if not FIXTURES.is_dir():
         sys.exit(f"skipped: no fixture images at {FIXTURES}")
     cores = available_cores()
+    folders, what = SETS[args.set]
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
         keys: dict[str, str] = {}
         storage = LocalStorage(tmp)
         for copy in range(args.copies):
-            for d in FOLDERS:
+            for d in folders:
                 for p in sorted((FIXTURES / d).glob("*.jpg")):
                     name = f"{copy}-{d}-{p.name}"
                     (folder / name).write_bytes(p.read_bytes())
                     keys[name] = f"images/{name}"
         paths = [str(folder / n) for n in keys]
         print(
-            f"{len(paths)} real 128x128 JPEGs ({', '.join(FOLDERS)}, {args.copies} copies of each), {cores} cores,"
+            f"{len(paths)} {what} ({', '.join(folders)}, {args.copies} copies of each), {cores} cores,"
             f" best of {args.rounds} rounds"
         )
         contenders: dict[str, Callable[[list[str]], float | None]] = {

@@ -18,7 +18,7 @@ sys.path.insert(0, str(BENCHMARKS))
 
 import bench_gan_quality as bgq  # noqa: E402
 import quality_metric as qm  # noqa: E402
-from fixture_data import FIXTURES, build_fixture_dataset  # noqa: E402
+from fixture_data import FIXTURES, build_fixture_dataset, curate_fixtures  # noqa: E402
 
 from ganmodels.train import TrainConfig  # noqa: E402
 from tests.tiny_dataset import write_dataset  # noqa: E402
@@ -133,7 +133,13 @@ def test_every_available_variant_is_a_valid_32px_train_config():
     chosen = bgq.variants()
     names = [v.name for v in chosen]
     assert names[:2] == ["tutorial", "dcgan"] and set(bgq.TRICKS) <= set(names)
-    assert {"recipe:dogs", "recipe:satellite", "recipe:conditional_all"} <= set(names)
+    assert {"recipe:dogs", "recipe:conditional_all", "recipe:dog_breeds"} <= set(names)
+    # satellite is the dogs recipe for another class, and both train on dogs here: one row, named for both
+    assert "recipe:satellite" not in names and "also satellite" in chosen[names.index("recipe:dogs")].note
+    dogs = chosen[names.index("recipe:dogs")].config
+    for name, overrides in bgq.ON_DOGS.items():
+        config = chosen[names.index(name)].config
+        assert config == bgq._merge(dogs, overrides) and config != dogs, name
     for v in chosen:
         if v.config is None or v.unavailable:
             continue
@@ -199,3 +205,27 @@ def test_dogs_large_builds_through_curation(tmp_path):
     ds = build_fixture_dataset(tmp_path, 32, {"dogs": ("dogs-large",)})
     assert ds.curated.decisions["dogs"] == {"accept": 1999, "exact_duplicate": 1}
     assert ds.train_images + sum(ds.counts["holdout"].values()) == 1999
+
+
+def test_a_pinned_curation_is_what_later_runs_train_on(tmp_path):
+    """The first run writes the pin; a later run trains on the pinned rows even when today's curation differs."""
+    folders = {"dogs": ("no-such-fixture-folder",)}  # synthetic stand-ins: the same 12 random images each time
+    pin = tmp_path / "pin.parquet"
+    first = curate_fixtures(tmp_path / "a", folders, synthetic=12, pin=pin)
+    assert pin.exists() and first.pinned.startswith("curation pinned to") and len(first.accepted) == 12
+
+    again = curate_fixtures(tmp_path / "b", folders, synthetic=12, pin=pin)
+    assert again.accepted == first.accepted and "would" not in again.pinned
+
+    import pyarrow.parquet as pq
+
+    pq.write_table(pq.read_table(pin).slice(1), pin)  # a pin from a curation that rejected one more image
+    fewer = curate_fixtures(tmp_path / "c", folders, synthetic=12, pin=pin)
+    assert fewer.accepted == first.accepted[1:] and fewer.decisions == {"dogs": {"accept": 11}}
+    assert "today's curation would add 1 and drop 0" in fewer.pinned
+
+    table = pq.read_table(pin)
+    keys = ["raw/gone", *table.column("storage_key").to_pylist()[1:]]  # one pinned image no longer in the store
+    pq.write_table(table.set_column(table.schema.get_field_index("storage_key"), "storage_key", [keys]), pin)
+    with pytest.raises(FileNotFoundError, match="1 pinned images are not in the fixtures"):
+        curate_fixtures(tmp_path / "d", folders, synthetic=12, pin=pin)
