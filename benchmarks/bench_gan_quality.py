@@ -477,9 +477,8 @@ def run_variants(
                 path.write_text(json.dumps(result, indent=1))
                 log(f"  FAILED (exit {proc.returncode}, {log_path}): {' | '.join(tail)}")
             else:
-                result = json.loads(path.read_text()) | {
-                    "variant_config": variant.config
-                }  # a changed recipe runs again
+                # recorded so that a changed recipe runs again
+                result = json.loads(path.read_text()) | {"variant_config": variant.config}
                 path.write_text(json.dumps(result, indent=1))
                 last = result["snapshots"][-1]
                 log(

@@ -34,7 +34,7 @@ from pipelines.fetch import Fetcher, FetchSettings
 from pipelines.httpclient import HttpSettings
 from pipelines.ingest import ingest_partition
 from pipelines.sources.local import LocalDirSource
-from pipelines.storage import LocalStorage, Storage
+from pipelines.storage import LocalStorage, Storage, atomic_file
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
 DOG_FOLDERS = ("dogs", "dogs-large", "dogs-photos")
@@ -125,11 +125,9 @@ def _pinned(pin: Path, storage: Storage, accepted: list[dict]) -> tuple[list[dic
     whose images are gone is an error, not a smaller training set.
     """
     if not pin.exists():
-        pin.parent.mkdir(parents=True, exist_ok=True)
-        tmp = pin.with_suffix(".tmp")
         table = mf.read_table(storage, DECISIONS_KEY)  # its schema: hashes are unsigned 64-bit
-        pq.write_table(table.filter(pc.equal(table["decision"], "accept")), tmp)
-        tmp.replace(pin)
+        with atomic_file(pin) as f:
+            pq.write_table(table.filter(pc.equal(table["decision"], "accept")), f)
         return accepted, f"curation pinned to {pin} ({len(accepted)} accepted images)"
     pinned = pq.read_table(pin).to_pylist()
     missing = [r["sha256"] for r in pinned if not storage.exists(r["storage_key"])]
