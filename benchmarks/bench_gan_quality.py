@@ -26,7 +26,9 @@ of stored runs (the log says what today's curation would change; delete the pin 
   (``label_field``) is sampled over all its labels; a recipe whose 32 px settings equal an earlier one's
   (``satellite`` is ``dogs`` for another class) is that row;
 - ``dogs+<option>``: ``recipe:dogs`` with one modern option (:data:`ON_DOGS`: the ResNet nets, ADA in place
-  of DiffAugment, lazy R1), which decides whether it becomes the recipe's default.
+  of DiffAugment, lazy R1), which decides whether it becomes the recipe's default; ``dogs-<part>``: the
+  recipe without DiffAugment, or with BCE and the plain DCGAN's D and learning rates in place of hinge,
+  spectral norm and TTUR (ablations: whether each part is needed in the set).
 
 Each run is its own subprocess (``--run SPEC``), one at a time, so runs share no state and never compete
 for the cores. The clock starts before the first step (the loader's start-up counts, the same for all).
@@ -99,12 +101,22 @@ TRICKS: dict[str, dict[str, Any]] = {
     "ada": {"ada_target": 0.6},  # Karras et al. 2020's target
     "r1": {"r1_gamma": 0.01},  # StyleGAN2-ADA's gamma for CIFAR-10 (32 px)
 }
-# The modern options on top of the shipped dogs recipe, which decide whether they become its defaults:
+# The modern options on top of the shipped dogs recipe, which decide whether they become its defaults, and two
+# ablations of it:
 # name -> overrides of recipe:dogs (ADA replaces DiffAugment: the two are alternatives).
 ON_DOGS: dict[str, dict[str, Any]] = {
     "dogs+resnet": {"net": {"arch": "resnet"}},  # the recipe's width 32
     "dogs+ada": {"diffaugment": "", "ada_target": 0.6},
     "dogs+r1": {"r1_gamma": 0.01},
+    # ablations: is each part that hurts the plain DCGAN alone needed in the recipe?
+    "dogs-diffaugment": {"diffaugment": ""},
+    "dogs-hinge_sn_ttur": {
+        "loss": "bce",
+        "net": {"spectral_norm": False},
+        "lr_g": 2e-4,
+        "lr_d": 2e-4,
+        "betas": [0.5, 0.999],
+    },
 }
 # What every Trainer run gets: no checkpoints, frames or TensorBoard steps inside the timed loop.
 HARNESS = {"steps": 10**9, "checkpoint_every": 10**9, "keep_checkpoints": 1, "frame_every": 0, "log_every": 10**9}
