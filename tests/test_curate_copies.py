@@ -274,7 +274,7 @@ def test_radius_8_catches_a_small_crop_that_4_misses(tmp_path):
 
 
 def test_a_webp_resave_is_caught_at_4_and_a_3_degree_rotation_at_8(tmp_path):
-    """The other two copies benchmarks/README.md measures: a WebP re-save keeps the hash (recall 1.00 on real
+    """The other two copies benchmarks/README.md measures: a WebP re-save keeps the hash (recall 0.997 on real
     photos at radius 4); a 3 degree rotation moves it by 6 bits here, so only radius 8 catches it (0.73 of real
     photos at 8, 0.20 at 4)."""
     img = textured("dog/a")
